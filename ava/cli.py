@@ -1,0 +1,97 @@
+"""The ``ava`` command line (CONTRACT.md section 6).
+
+Exit codes: 0 success; 2 bad usage or bad input, with a one-line reason on stderr; 1 other
+failures.
+
+Example:
+    $ ava init ./workspace
+    $ ava params get solverOps.lr
+    0.01
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from ava import __version__
+from ava.env import Env
+from ava.errors import AvaError, ConfigError, ParamsError, ParamsKeyError, UsageError, WorkspaceError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+def _cmd_init(args: argparse.Namespace, env: Env) -> int:
+    from ava.workspace import Workspace
+
+    root = args.dir or env.workspace_override or "workspace"
+    ws = Workspace(root)
+    written = ws.init()
+    kept = "" if written else " (every template file was already there; nothing overwritten)"
+    print(f"workspace ready at {ws.root}{kept}")
+    for path in written:
+        print(f"  wrote {path.relative_to(ws.root)}")
+    return EXIT_OK
+
+
+def _parse_default(text: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _cmd_params_get(args: argparse.Namespace, env: Env) -> int:
+    from ava.params.params import default_params
+
+    p = default_params(env)
+    if args.default is not None:
+        value = p.get_value(args.key, default=_parse_default(args.default))
+    else:
+        try:
+            value = p.get_value(args.key, is_required=True)
+        except ParamsKeyError as exc:
+            raise UsageError(f"key {args.key!r} is missing from {exc.path}; pass --default V to print V instead") from None
+    print(json.dumps(value, ensure_ascii=False))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ava", description="The runtime side of a training job.")
+    parser.add_argument("--version", action="version", version=f"ava {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p_init = sub.add_parser("init", help="create a workspace from the template")
+    p_init.add_argument("dir", nargs="?", help="where (default: $AVA_WORKSPACE, else ./workspace)")
+    p_init.set_defaults(func=_cmd_init)
+
+    p_params = sub.add_parser("params", help="read hyper-parameters")
+    params_sub = p_params.add_subparsers(dest="params_command", metavar="ACTION")
+    params_sub.required = True
+    p_get = params_sub.add_parser("get", help="print the JSON value of a dotted key")
+    p_get.add_argument("key", help="dotted key, e.g. solverOps.lr (escape a literal dot as \\.)")
+    p_get.add_argument("--default", help="printed when the key is missing (parsed as JSON if it is JSON)")
+    p_get.set_defaults(func=_cmd_params_get)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (``ava`` the console script exits with it)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    env = Env()
+    try:
+        return int(args.func(args, env))
+    except (ParamsError, ParamsKeyError, ConfigError, UsageError, WorkspaceError) as exc:
+        print(f"ava: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AvaError as exc:
+        print(f"ava: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130

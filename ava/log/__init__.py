@@ -1,0 +1,1 @@
+"""Logging: ``from ava.log.logger import MultiProcessingLogHandler, initialize_logger, logger``."""

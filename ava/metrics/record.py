@@ -1,0 +1,155 @@
+"""The metric record (CONTRACT.md section 5): checking values on the caller's thread, converting
+them on the writer's, and building the JSON object of one line of ``metrics.jsonl``.
+
+The split matters for speed: :func:`check_metrics` runs on the training thread and must stay a
+few type checks; :func:`to_json_number` may call ``.item()`` on a tensor (a device sync), so it
+runs only on the writer's thread.
+
+Example:
+    >>> make_record(1.5, 10, 1, 2, "train", "loss", float("nan"), rank=0, seq=7)["value"]
+    'nan'
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from typing import Any, Mapping
+
+from ava.errors import MetricsError
+
+PHASES = ("train", "val", "test")
+_FAST_TYPES = (float, int)
+
+
+def _reject(name: str, value: Any, why: str) -> MetricsError:
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return MetricsError(f"metric {name!r} has {why} ({shown}); log a number, a numpy scalar or a one-element tensor")
+
+
+def check_value(name: str, value: Any) -> Any:
+    """Check one value on the caller's thread and return what to keep of it.
+
+    A torch tensor that requires grad is detached here (cheap, no device sync), so the buffer
+    does not keep its autograd graph alive. Raises :class:`MetricsError` for non-numbers.
+    """
+    if isinstance(value, (str, bytes, bytearray)) or value is None:
+        raise _reject(name, value, f"a {type(value).__name__} value")
+    if isinstance(value, (bool, numbers.Real)):
+        return value
+    if isinstance(value, numbers.Complex):
+        raise _reject(name, value, "a complex value")
+    numel = getattr(value, "numel", None)
+    if callable(numel):  # torch.Tensor
+        if numel() != 1:
+            raise _reject(name, value, f"a tensor of {numel()} elements")
+        if getattr(value, "requires_grad", False):
+            value = value.detach()
+        return value
+    size = getattr(value, "size", None)
+    if isinstance(size, int):  # numpy arrays, mxnet NDArrays
+        if size != 1:
+            raise _reject(name, value, f"an array of {size} elements")
+        return value
+    if hasattr(value, "item") or hasattr(value, "__float__"):
+        return value
+    raise _reject(name, value, f"a {type(value).__name__} value")
+
+
+def check_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate names and values on the caller's thread; return a private copy of the mapping."""
+    if not isinstance(metrics, Mapping):
+        raise MetricsError(
+            f"log_metrics takes a mapping of name to number, got a {type(metrics).__name__}; "
+            "call it as log_metrics({'loss': 0.1}, step=...)"
+        )
+    out = dict(metrics)
+    for name, value in out.items():
+        if type(name) is not str:
+            raise MetricsError(f"metric name {name!r} is a {type(name).__name__}; metric names must be strings")
+        if type(value) not in _FAST_TYPES:
+            out[name] = check_value(name, value)
+    return out
+
+
+def check_step(step: Any, what: str = "step") -> int | None:
+    """Return ``step`` as an int (None stays None); a clear error for anything else."""
+    if step is None or type(step) is int:
+        return step
+    try:
+        return operator.index(step)
+    except TypeError:
+        raise MetricsError(f"{what} must be an integer, got {step!r}") from None
+
+
+def nonfinite(value: float) -> str:
+    """The string a non-finite float is kept as: ``"nan"``, ``"inf"`` or ``"-inf"``."""
+    if value != value:
+        return "nan"
+    return "inf" if value > 0 else "-inf"
+
+
+def to_json_number(value: Any) -> int | float | str:
+    """Convert a checked value to a JSON number, or ``"nan"``/``"inf"``/``"-inf"``.
+
+    Runs on the writer thread: tensors are converted here (``asscalar()`` for MXNet,
+    ``item()`` for numpy and torch).
+    """
+    t = type(value)
+    if t is float:
+        return value if math.isfinite(value) else nonfinite(value)
+    if t is int:
+        return value
+    if t is bool:
+        return int(value)
+    if hasattr(value, "asscalar"):
+        value = value.asscalar()
+    elif hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return int(value)
+    value = float(value)
+    return value if math.isfinite(value) else nonfinite(value)
+
+
+def make_record(
+    ts: float,
+    step: int | None,
+    epoch: int | None,
+    batch: int | None,
+    phase: str,
+    name: str,
+    value: int | float | str,
+    *,
+    rank: int,
+    seq: int,
+    net: int | None = None,
+    unit: str | None = None,
+) -> dict[str, Any]:
+    """One metric record, keys in the contract's order."""
+    rec: dict[str, Any] = {
+        "ts": round(ts, 6),
+        "step": step,
+        "epoch": epoch,
+        "batch": batch,
+        "phase": phase,
+        "name": name,
+        "value": value,
+        "rank": rank,
+        "seq": seq,
+    }
+    if net is not None:
+        rec["net"] = net
+    if unit is not None:
+        rec["unit"] = unit
+    return rec
+
+
+def is_metric(record: Mapping[str, Any]) -> bool:
+    """True for a metric record, False for an event record (one with an ``"event"`` key)."""
+    return "event" not in record

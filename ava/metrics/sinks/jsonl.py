@@ -1,0 +1,195 @@
+"""The durable record: ``run/<id>/logs/metrics.jsonl``, one JSON object a line.
+
+Why lines are never torn, even by ``kill -9``: the file has one writer (this sink, holding an
+exclusive ``flock``), every ``os.write`` carries whole lines only, and a failed or short write is
+truncated back. The kernel copies a write into the page cache one page at a time and checks for
+a fatal signal between pages, so a SIGKILL can cut a write only at a page boundary. The sink
+therefore never lets a line of up to :data:`LINE_RESERVE` bytes straddle a page boundary: when
+one would, the line before it is padded with spaces (JSON allows trailing whitespace), and each
+write ends with at least that much room left in its page. A longer line could still be cut at
+the very end of the file; opening the file again moves such a tail to ``metrics.jsonl.torn``.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "metrics.jsonl"
+    >>> s = JsonlSink(p); s.write([{"name": "loss", "value": 1.0, "rank": 0, "seq": 0}]); s.close()
+    >>> [r["seq"] for r in iter_records(p)], JsonlSink(p).last_seq
+    ([0], 0)
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import mmap
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from ava.errors import InstanceError, MetricsError
+from ava.metrics.sinks.base import Sink
+
+log = logging.getLogger(__name__)
+
+PAGE = mmap.PAGESIZE
+LINE_RESERVE = 512
+_SCAN_BLOCK = 1 << 16
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def encode_line(record: dict[str, Any]) -> bytes:
+    """One record as a UTF-8 line ending in ``\\n``."""
+    return (_dumps(record) + "\n").encode("utf-8")
+
+
+def frame_lines(lines: list[bytes], offset: int) -> list[bytes]:
+    """Pad lines so that none of up to ``LINE_RESERVE`` bytes straddles a page (see module doc).
+
+    ``offset`` is where the first line will land in the file. Returns the (possibly padded)
+    lines; their concatenation is what to write.
+    """
+    out: list[bytes] = []
+    pos = offset
+    for line in lines:
+        room = PAGE - pos % PAGE
+        if len(line) > room and len(line) <= PAGE and out:
+            out[-1] = out[-1][:-1] + b" " * room + b"\n"
+            pos += room
+        out.append(line)
+        pos += len(line)
+    room = PAGE - pos % PAGE
+    if out and room < LINE_RESERVE:
+        out[-1] = out[-1][:-1] + b" " * room + b"\n"
+    return out
+
+
+def iter_records(path: Path | str) -> Iterator[dict[str, Any]]:
+    """Yield the records of a ``metrics.jsonl``; a final line without ``\\n`` is not yet a record."""
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.endswith(b"\n"):
+                return
+            if raw.strip():
+                try:
+                    yield json.loads(raw)
+                except ValueError:
+                    raise MetricsError(f"{path}:{lineno} is not a JSON record") from None
+
+
+def _repair_tail(fd: int, path: Path) -> int:
+    """Move a torn last line (no ``\\n``) aside to ``<path>.torn``; return the file's size."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return 0
+    end = size
+    tail = b""
+    while end > 0:
+        start = max(0, end - _SCAN_BLOCK)
+        chunk = os.pread(fd, end - start, start)
+        nl = chunk.rfind(b"\n")
+        if nl >= 0:
+            tail = chunk[nl + 1 :] + tail
+            keep = start + nl + 1
+            break
+        tail = chunk + tail
+        end = start
+    else:
+        keep = 0
+    if keep == size:
+        return size
+    with open(f"{path}.torn", "ab") as torn:
+        torn.write(tail + b"\n")
+    os.ftruncate(fd, keep)
+    log.warning("%s ended in a torn line of %d bytes (a killed writer); moved it to %s.torn", path, len(tail), path)
+    return keep
+
+
+def _last_seq(fd: int, size: int, rank: int) -> int | None:
+    """Scan the file backwards for the last ``seq`` recorded by ``rank``."""
+    end = size
+    carry = b""
+    while end > 0:
+        start = max(0, end - _SCAN_BLOCK)
+        chunk = os.pread(fd, end - start, start) + carry
+        lines = chunk.split(b"\n")
+        carry = lines[0] if start > 0 else b""
+        for raw in reversed(lines[1:] if start > 0 else lines):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue
+            if (rec.get("rank") or 0) == rank and isinstance(rec.get("seq"), int):
+                return rec["seq"]
+        end = start
+    return None
+
+
+class JsonlSink(Sink):
+    """Append records to a JSON-lines file as the one writer of that file.
+
+    Args:
+        path: the ``metrics.jsonl`` file; created if missing, appended to if present.
+        rank: whose ``seq`` to look up for :attr:`last_seq`.
+
+    Raises:
+        InstanceError: another process is already writing this file.
+    """
+
+    def __init__(self, path: Path | str, *, rank: int = 0) -> None:
+        self.path = Path(path)
+        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(self._fd)
+            self._fd = None
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise InstanceError(
+                    f"{self.path} is already being written by another open instance; "
+                    "call done() on it first, or use another instance id"
+                ) from None
+            raise
+        rfd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._offset = _repair_tail(self._fd, self.path)
+            self.last_seq = _last_seq(rfd, self._offset, rank)
+        finally:
+            os.close(rfd)
+
+    def write(self, records: list[dict[str, Any]]) -> None:
+        if self._fd is None:
+            raise MetricsError(f"{self.path} is closed")
+        data = b"".join(frame_lines([encode_line(r) for r in records], self._offset))
+        start = self._offset
+        view = memoryview(data)
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self._fd, view[written:])
+        except OSError:
+            # Leave no partial line behind: cut the file back to where this batch began.
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass
+            raise
+        self._offset = start + written
+
+    def flush(self) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        os.close(fd)

@@ -1,0 +1,307 @@
+"""MetricsWriter: the training thread appends to a bounded buffer; a daemon thread does the rest.
+
+The calling thread only checks types and appends a tuple under a lock. The writer thread wakes
+at least every ``flush_interval`` seconds (or when the buffer is half full, or on ``flush()``),
+converts values (tensors included), numbers each record with ``seq``, and hands the batch to the
+sinks: first the durable one, then any others. When the buffer is full, the caller waits: a
+record is never dropped. A failure of the durable sink keeps the batch for a retry and surfaces
+once, as a :class:`MetricsError` on the next ``log_metrics`` call; it never kills the thread.
+
+Example:
+    >>> from ava.metrics.sinks.base import Sink
+    >>> class Collect(Sink):
+    ...     def __init__(self): self.records = []
+    ...     def write(self, records): self.records.extend(records)
+    >>> sink = Collect()
+    >>> w = MetricsWriter([sink])
+    >>> w.log_metrics({"loss": 0.5, "acc": 0.9}, step=1)
+    >>> w.close(timeout=5)
+    True
+    >>> [(r["name"], r["seq"]) for r in sink.records]
+    [('loss', 0), ('acc', 1)]
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Any, Mapping, Sequence
+
+from ava.errors import MetricsError
+from ava.metrics.record import PHASES, check_metrics, check_step, make_record, to_json_number
+from ava.metrics.sinks.base import Sink
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BUFFER = 10_000
+DEFAULT_FLUSH_INTERVAL = 0.5
+_RETRY_LOG_EVERY = 60.0
+
+_live: "weakref.WeakSet[MetricsWriter]" = weakref.WeakSet()
+
+
+class MetricsWriter:
+    """Buffer metric records on the caller's thread and write them to sinks on a daemon thread.
+
+    Args:
+        sinks: where records go; the first is the durable one (its errors are retried).
+        rank: the ``rank`` of every record.
+        start_seq: the ``seq`` of the first record (one more than the last one on disk).
+        max_buffer: calls buffered before the caller waits (backpressure).
+        flush_interval: the longest a record waits in the buffer, in seconds.
+        atexit_timeout: how long the interpreter's exit may wait for the buffer to drain.
+    """
+
+    def __init__(
+        self,
+        sinks: Sequence[Sink],
+        *,
+        rank: int = 0,
+        start_seq: int = 0,
+        max_buffer: int = DEFAULT_MAX_BUFFER,
+        flush_interval: float = DEFAULT_FLUSH_INTERVAL,
+        atexit_timeout: float = 10.0,
+    ) -> None:
+        if not sinks:
+            raise ValueError("MetricsWriter needs at least one sink")
+        self._sinks = list(sinks)
+        self.rank = rank
+        self._seq = start_seq
+        self._max = max(1, max_buffer)
+        self._wake_at = max(1, self._max // 2)
+        self._interval = flush_interval
+        self.atexit_timeout = atexit_timeout
+        self._cond = threading.Condition(threading.Lock())
+        self._buf: list[tuple[Any, ...]] = []
+        self._enqueued = 0
+        self._done = 0
+        self._flush_wanted = False
+        self._closing = False
+        self._closed = False
+        self._forked = False
+        self._error: MetricsError | None = None
+        self._error_raised = False
+        self._sink_failed: set[int] = set()
+        self._thread = threading.Thread(target=self._run, name="ava-metrics-writer", daemon=True)
+        self._thread.start()
+        _live.add(self)
+
+    # --- the caller's side ---------------------------------------------------------------
+    def log_metrics(
+        self,
+        metrics: Mapping[str, Any],
+        step: int | None = None,
+        epoch: int | None = None,
+        batch: int | None = None,
+        phase: str = "train",
+        *,
+        net: int | None = None,
+        units: Mapping[str, str] | None = None,
+    ) -> None:
+        """Buffer one record per metric; tensors are converted later, on the writer thread."""
+        if phase not in PHASES:
+            raise MetricsError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
+        if type(step) is not int:
+            step = check_step(step)
+        if epoch is not None and type(epoch) is not int:
+            epoch = check_step(epoch, "epoch")
+        if batch is not None and type(batch) is not int:
+            batch = check_step(batch, "batch")
+        item = (time.time(), step, epoch, batch, phase, check_metrics(metrics), net, units)
+        self._put(item)
+
+    def log_event(self, event: str, step: int | None = None, **details: Any) -> None:
+        """Buffer an event record (``{"event": ..., **details}``, no name/value)."""
+        if type(event) is not str or not event:
+            raise MetricsError(f"event must be a non-empty string, got {event!r}")
+        self._put((time.time(), check_step(step), event, details))
+
+    def _put(self, item: tuple[Any, ...]) -> None:
+        if self._forked:
+            raise MetricsError(
+                f"metrics cannot be logged from a forked child (pid {os.getpid()}); "
+                "log them from the process that opened the training instance"
+            )
+        if self._error is not None and not self._error_raised:
+            self._error_raised = True
+            raise self._error
+        with self._cond:
+            if self._closing:
+                raise MetricsError("the metric writer is closed (done() was called); open a new TrainInstance")
+            while len(self._buf) >= self._max:
+                self._cond.notify_all()
+                self._cond.wait(0.1)
+                if self._closing:
+                    raise MetricsError("the metric writer was closed while this call waited")
+            self._buf.append(item)
+            self._enqueued += 1
+            if len(self._buf) == self._wake_at:
+                self._cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything logged before this call is written; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self._enqueued
+            self._flush_wanted = True
+            self._cond.notify_all()
+            while self._done < target:
+                if not self._thread.is_alive():
+                    return False
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining if remaining is not None else 1.0)
+        return True
+
+    def close(self, timeout: float | None = 10.0) -> bool:
+        """Drain the buffer (at most ``timeout`` seconds), stop the thread, close the sinks.
+
+        Returns True when every record reached the durable sink. Safe to call twice.
+        """
+        if self._forked:
+            return False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            already = self._closing
+            self._closing = True
+            self._cond.notify_all()
+        if not already:
+            self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        drained = not self._thread.is_alive() and self._done == self._enqueued
+        if not drained and not already:
+            log.warning(
+                "metric writer: %d buffered calls not written within %.1f s; they are lost with this process",
+                self._enqueued - self._done, timeout or 0.0,
+            )
+        return drained
+
+    @property
+    def pending(self) -> int:
+        """Calls logged but not yet written to the durable sink."""
+        return self._enqueued - self._done
+
+    @property
+    def next_seq(self) -> int:
+        return self._seq
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    # --- the writer thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        pending: list[dict[str, Any]] = []
+        pending_items = 0
+        last_retry_log = 0.0
+        while True:
+            with self._cond:
+                if not self._buf and not self._closing and not self._flush_wanted:
+                    self._cond.wait(self._interval)
+                # While the durable sink is failing, take no more than the buffer's worth.
+                room = self._max - len(pending) if pending else len(self._buf)
+                take = self._buf[: max(0, room)] if pending else self._buf
+                self._buf = self._buf[len(take):]
+                flush_wanted, self._flush_wanted = self._flush_wanted, False
+                closing = self._closing and not self._buf
+                self._cond.notify_all()
+            if take:
+                pending.extend(self._convert(take))
+                pending_items += len(take)
+            if pending:
+                try:
+                    self._sinks[0].write(pending)
+                except Exception as exc:  # noqa: BLE001 - a background thread must not die
+                    now = time.monotonic()
+                    if self._error is None or now - last_retry_log > _RETRY_LOG_EVERY:
+                        log.error("cannot write metrics to %s: %s; keeping %d records to retry",
+                                  getattr(self._sinks[0], "path", self._sinks[0]), exc, len(pending))
+                        last_retry_log = now
+                    if self._error is None:
+                        self._error = MetricsError(f"metrics cannot be written: {exc}; they are kept in memory and retried")
+                    if closing:
+                        break
+                    with self._cond:
+                        self._cond.wait(min(1.0, self._interval * 4))
+                    continue
+                if self._error is not None:
+                    log.info("metrics are being written again; %d records caught up", len(pending))
+                    self._error, self._error_raised = None, False
+                self._write_others(pending)
+                written = pending_items
+                pending, pending_items = [], 0
+                with self._cond:
+                    self._done += written
+                    self._cond.notify_all()
+            if flush_wanted or closing:
+                for index, sink in enumerate(self._sinks):
+                    self._call_sink(index, sink.flush)
+            if closing:
+                break
+        for index, sink in enumerate(self._sinks):
+            self._call_sink(index, sink.close)
+        with self._cond:
+            self._cond.notify_all()
+
+    def _convert(self, items: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        rank = self.rank
+        for item in items:
+            if len(item) == 4:
+                ts, step, event, details = item
+                rec: dict[str, Any] = {"ts": round(ts, 6), "step": step, "event": event}
+                rec.update(details)
+                rec["rank"], rec["seq"] = rank, self._seq
+                self._seq += 1
+                records.append(rec)
+                continue
+            ts, step, epoch, batch, phase, metrics, net, units = item
+            for name, value in metrics.items():
+                try:
+                    number = to_json_number(value)
+                except Exception as exc:  # noqa: BLE001 - surfaced to the caller below
+                    err = MetricsError(f"metric {name!r} at step {step} could not be converted to a number: {exc}")
+                    log.error("%s", err)
+                    if self._error is None:
+                        self._error, self._error_raised = err, False
+                    continue
+                records.append(make_record(
+                    ts, step, epoch, batch, phase, name, number, rank=rank, seq=self._seq,
+                    net=net, unit=units.get(name) if units else None,
+                ))
+                self._seq += 1
+        return records
+
+    def _write_others(self, records: list[dict[str, Any]]) -> None:
+        for index, sink in enumerate(self._sinks[1:], 1):
+            self._call_sink(index, sink.write, records)
+
+    def _call_sink(self, index: int, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - one sink's failure must not stop the others
+            if index not in self._sink_failed:
+                self._sink_failed.add(index)
+                log.error("metric sink %s failed: %s (further failures of it are not logged)",
+                          type(self._sinks[index]).__name__, exc)
+
+    def _after_fork_in_child(self) -> None:
+        self._forked = True
+
+
+def _close_all_at_exit() -> None:
+    for writer in list(_live):
+        writer.close(timeout=writer.atexit_timeout)
+
+
+def _mark_forked() -> None:
+    for writer in list(_live):
+        writer._after_fork_in_child()
+
+
+atexit.register(_close_all_at_exit)
+os.register_at_fork(after_in_child=_mark_forked)

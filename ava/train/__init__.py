@@ -1,0 +1,1 @@
+"""Training instances: ``from ava.train import base as train``, then ``train.TrainInstance()``."""

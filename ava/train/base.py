@@ -1,0 +1,283 @@
+"""``TrainInstance``: one training run's directories, status, metric record and log.
+
+The old import path is kept: ``from ava.train import base as train``.
+
+Example:
+    >>> import tempfile
+    >>> from ava.train import base as train
+    >>> ins = train.TrainInstance("doc-1", workspace=tempfile.mkdtemp(), setup_logging=False)
+    >>> ins.log_metrics({"loss": 0.25}, step=1)
+    >>> ins.done()
+    >>> ins.status
+    'done'
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as _dt
+import importlib
+import logging
+import os
+import re
+import secrets
+import sys
+import threading
+import weakref
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ava.env import Env
+from ava.errors import InstanceError, UsageError
+from ava.log.logger import initialize_logger
+from ava.metrics.sinks.jsonl import JsonlSink
+from ava.metrics.writer import MetricsWriter
+from ava.monitor import FRAMEWORKS
+from ava.train.status import (
+    FINAL_STATUSES,
+    STATUS_DONE,
+    STATUS_FAILED,
+    StatusFile,
+)
+from ava.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+TRAIN_INS_STATUS_RUNNING = "running"
+TRAIN_INS_STATUS_DONE = STATUS_DONE
+TRAIN_INS_STATUS_FAIL = STATUS_FAILED
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_live: "weakref.WeakSet[TrainInstance]" = weakref.WeakSet()
+
+
+def new_instance_id() -> str:
+    """A new id that sorts by creation time: ``20261122T030405123Z-1a2b3c``."""
+    now = _dt.datetime.now(_dt.timezone.utc)
+    return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
+
+
+def check_instance_id(instance_id: Any) -> str:
+    """Return ``instance_id`` if it is safe as a directory name; else a clear error."""
+    if not isinstance(instance_id, str):
+        raise InstanceError(f"training instance id must be a string, got {instance_id!r}")
+    if not _ID_RE.match(instance_id) or ".." in instance_id:
+        raise InstanceError(
+            f"training instance id {instance_id!r} is not usable as a directory name; use letters, digits, "
+            "'.', '_' and '-' (no '/' or '..'), at most 128 characters"
+        )
+    return instance_id
+
+
+class TrainInstance:
+    """One training run: ``run/<id>/{output,logs}``, ``status.json``, metrics and the run log.
+
+    The id comes from ``training_ins_id``, else ``AVA_TRAINING_INSTANCE_ID``, else a new
+    time-sortable id. Opening an id that exists resumes it: same directories, metrics appended
+    with ``seq`` continuing, the earlier attempt kept in ``status.json``'s ``history``.
+
+    Args:
+        training_ins_id: the instance id, or None.
+        workspace: the workspace root; None finds it from the environment.
+        env: the environment mapping to read (``os.environ`` by default).
+        setup_logging: call :func:`ava.log.logger.initialize_logger` on ``logs/`` (as the old SDK did).
+        max_buffer: metric calls buffered before ``log_metrics`` waits.
+
+    Example:
+        >>> import tempfile
+        >>> with TrainInstance("doc-2", workspace=tempfile.mkdtemp(), setup_logging=False) as ins:
+        ...     ins.log_metrics({"loss": 1.0, "accuracy": 0.5}, step=10, epoch=0, batch=10)
+        >>> ins.status
+        'done'
+    """
+
+    def __init__(
+        self,
+        training_ins_id: str | None = None,
+        workspace: str | Path | Workspace | None = None,
+        *,
+        env: Mapping[str, str] | Env | None = None,
+        setup_logging: bool = True,
+        max_buffer: int = 10_000,
+    ) -> None:
+        self._env = env if isinstance(env, Env) else Env(env)
+        if isinstance(workspace, Workspace):
+            self.workspace = workspace
+        elif workspace is not None:
+            self.workspace = Workspace(workspace)
+        else:
+            self.workspace = Workspace.discover(self._env)
+        self.workspace.ensure()
+        explicit = training_ins_id if training_ins_id is not None else self._env.training_instance_id
+        self.training_ins_id = check_instance_id(explicit) if explicit is not None else new_instance_id()
+        self.rank = 0
+        self._pid = os.getpid()
+        self._done_lock = threading.Lock()
+        self._status_doc: dict[str, Any] | None = None
+        self._writer: MetricsWriter | None = None
+
+        self.run_dir = self.workspace.run_dir(self.training_ins_id)
+        self.output_dir = self.run_dir / "output"
+        self.logs_dir = self.run_dir / "logs"
+        for d in (self.output_dir, self.logs_dir):
+            self.workspace._mkdir(d)
+        self.metrics_path = self.logs_dir / "metrics.jsonl"
+        self.status_path = self.run_dir / "status.json"
+
+        if setup_logging:
+            initialize_logger(self.logs_dir, env=self._env)
+        # The metrics file's flock is the instance's lock: take it before touching status.json.
+        sink = JsonlSink(self.metrics_path, rank=self.rank)
+        start_seq = 0 if sink.last_seq is None else sink.last_seq + 1
+        self._status = StatusFile(self.status_path)
+        try:
+            self._status_doc = self._status.begin(self.training_ins_id)
+        except BaseException:
+            sink.close()
+            raise
+        self._writer = MetricsWriter([sink], rank=self.rank, start_seq=start_seq, max_buffer=max_buffer,
+                                     atexit_timeout=self._env.done_timeout)
+        resumed = len(self._status_doc["history"]) > 0
+        log.info("training instance %s %s at %s", self.training_ins_id, "resumed" if resumed else "started", self.run_dir)
+        _live.add(self)
+
+    # --- the old getters ---------------------------------------------------------------
+    def get_training_ins_id(self) -> str:
+        return self.training_ins_id
+
+    def get_base_path(self) -> str:
+        """``run/<id>``: this instance's directory."""
+        return str(self.run_dir)
+
+    def get_snapshot_base_path(self) -> str:
+        """``run/<id>/output``: where the training writes snapshots."""
+        return str(self.output_dir)
+
+    def get_log_base_path(self) -> str:
+        """``run/<id>/logs``: ``run.log`` and ``metrics.jsonl``."""
+        return str(self.logs_dir)
+
+    def get_trainset_base_path(self) -> str:
+        return str(self.workspace.trainset_dir)
+
+    def get_valset_base_path(self) -> str:
+        return str(self.workspace.valset_dir)
+
+    def get_testset_base_path(self) -> str:
+        return str(self.workspace.testset_dir)
+
+    def get_model_base_path(self) -> str:
+        return str(self.workspace.model_dir)
+
+    # --- metrics -------------------------------------------------------------------------
+    def log_metrics(
+        self,
+        metrics: Mapping[str, Any],
+        step: int | None = None,
+        epoch: int | None = None,
+        batch: int | None = None,
+        phase: str = "train",
+        **kwargs: Any,
+    ) -> None:
+        """Record metrics; returns at once (conversion and writing happen on a daemon thread).
+
+        Args:
+            metrics: name -> number (Python, numpy, or a one-element torch/mxnet tensor).
+            step: the global iteration counter.
+            epoch: the epoch, when known.
+            batch: the batch within the epoch, when known.
+            phase: ``"train"``, ``"val"`` or ``"test"``.
+            **kwargs: ``net`` (a test-net index) and ``units`` (name -> unit).
+        """
+        self._require_writer().log_metrics(metrics, step, epoch, batch, phase, **kwargs)
+
+    def log_event(self, event: str, step: int | None = None, **details: Any) -> None:
+        """Record an event (``"snapshot"``, ``"resume"``, ...) with its details."""
+        self._require_writer().log_event(event, step, **details)
+
+    def flush_metrics(self, timeout: float | None = None) -> bool:
+        """Wait until every metric logged so far is in ``metrics.jsonl``; False on timeout."""
+        return self._require_writer().flush(timeout)
+
+    def _require_writer(self) -> MetricsWriter:
+        if self._writer is None:
+            raise InstanceError("this training instance was not opened")
+        return self._writer
+
+    # --- framework callbacks ---------------------------------------------------------------
+    def get_monitor_callback(self, framework: str, **kwargs: Any) -> Callable[..., Any]:
+        """The batch-level monitor callback for ``framework`` (``mxnet``, ``caffe``, ``torch``)."""
+        return self._adapter(framework).monitor_callback(self, **kwargs)
+
+    def get_epoch_end_callback(self, framework: str, **kwargs: Any) -> Callable[..., Any]:
+        """The epoch-end (snapshot) callback for ``framework``."""
+        return self._adapter(framework).epoch_end_callback(self, **kwargs)
+
+    @staticmethod
+    def _adapter(framework: str) -> Any:
+        module = FRAMEWORKS.get(framework) if isinstance(framework, str) else None
+        if module is None:
+            raise UsageError(f"unknown framework {framework!r}; known: {', '.join(sorted(FRAMEWORKS))}")
+        try:
+            return importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:
+                raise UsageError(f"framework {framework!r} has no adapter in this version of ava") from None
+            raise
+
+    # --- status ----------------------------------------------------------------------------
+    @property
+    def status(self) -> str:
+        return (self._status_doc or {}).get("status", "unknown")
+
+    def done(self, err_msg: str = "", *, exit_code: int | None = None, timeout: float | None = None) -> None:
+        """Finish the instance: flush metrics (bounded by ``AVA_DONE_TIMEOUT``), then write the status.
+
+        ``done`` with an empty ``err_msg`` is a success; a non-empty one marks it ``failed``.
+        Calling it again does nothing.
+        """
+        if os.getpid() != self._pid:
+            log.warning("done() called in a forked child of the instance's process; ignored")
+            return
+        with self._done_lock:
+            if self._status_doc is None or self._status_doc.get("status") in FINAL_STATUSES:
+                return
+            budget = self._env.done_timeout if timeout is None else timeout
+            if self._writer is not None and not self._writer.close(timeout=budget):
+                log.warning("instance %s: metrics not fully written within %.1f s", self.training_ins_id, budget)
+            status = STATUS_FAILED if err_msg else STATUS_DONE
+            self._status_doc = self._status.finish(self._status_doc, status, str(err_msg or ""), exit_code)
+            _live.discard(self)
+            log.info("training instance %s %s", self.training_ins_id, status)
+
+    def __enter__(self) -> "TrainInstance":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None:
+            self.done()
+        else:
+            self.done(err_msg=f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__)
+        return False
+
+    def __repr__(self) -> str:
+        return f"TrainInstance({self.training_ins_id!r}, status={self.status!r}, dir={str(self.run_dir)!r})"
+
+
+def _finish_at_exit() -> None:
+    """An instance still open at exit: failed if an exception is ending the process, else done."""
+    last = getattr(sys, "last_value", None)
+    for ins in list(_live):
+        try:
+            if last is not None:
+                ins.done(err_msg=f"{type(last).__name__}: {last}")
+            else:
+                log.warning("instance %s: the process exits without done(); marking it done", ins.training_ins_id)
+                ins.done()
+        except Exception as exc:  # noqa: BLE001 - never fail the interpreter's exit
+            sys.stderr.write(f"ava: could not finish instance {ins.training_ins_id}: {exc}\n")
+
+
+atexit.register(_finish_at_exit)
+# A forked child inherits the parent's instances but must never finish them.
+os.register_at_fork(after_in_child=lambda: _live.clear())

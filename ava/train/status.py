@@ -1,0 +1,115 @@
+"""``run/<id>/status.json``: written atomically, one attempt at a time, with earlier attempts kept.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> f = StatusFile(pathlib.Path(tempfile.mkdtemp()) / "status.json")
+    >>> doc = f.begin("demo-1")
+    >>> f.finish(doc, STATUS_DONE)["status"]
+    'done'
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from ava.utils.fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+STATUS_RUNNING = "running"
+STATUS_DONE = "done"
+STATUS_FAILED = "failed"
+STATUS_PREEMPTED = "preempted"
+STATUS_CRASHED = "crashed"
+FINAL_STATUSES = (STATUS_DONE, STATUS_FAILED, STATUS_PREEMPTED)
+
+
+def now_rfc3339() -> str:
+    """The current UTC time as RFC 3339 with milliseconds (``2026-11-22T03:04:05.678Z``)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class StatusFile:
+    """Read and atomically replace one ``status.json``.
+
+    Args:
+        path: the file.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def read(self) -> dict[str, Any] | None:
+        """The document, or None when absent; a corrupt file is moved aside, never lost."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            doc = json.loads(text)
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
+            return doc
+        except ValueError as exc:
+            aside = self.path.with_name(f"{self.path.name}.corrupt")
+            os.replace(self.path, aside)
+            log.warning("%s was not a JSON object (%s); kept it as %s and started a new one", self.path, exc, aside)
+            return None
+
+    def write(self, doc: dict[str, Any]) -> None:
+        atomic_write_text(self.path, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+
+    def begin(self, instance_id: str) -> dict[str, Any]:
+        """Start an attempt: status ``running``; an earlier attempt moves into ``history``.
+
+        An earlier attempt still marked ``running`` whose process is gone is recorded as
+        ``crashed``. The caller must hold the instance's lock (the metrics file's ``flock``).
+        """
+        prev = self.read()
+        history: list[dict[str, Any]] = []
+        if prev:
+            history = [h for h in prev.get("history") or [] if isinstance(h, dict)]
+            status = prev.get("status")
+            if status == STATUS_RUNNING:
+                status = STATUS_CRASHED
+                log.warning(
+                    "instance %s: the previous attempt (pid %s on %s) never finished; recording it as crashed",
+                    instance_id, prev.get("pid"), prev.get("host"),
+                )
+            attempt = {
+                "status": status,
+                "start_time": prev.get("start_time"),
+                "stop_time": prev.get("stop_time"),
+                "pid": prev.get("pid"),
+                "host": prev.get("host"),
+            }
+            if prev.get("err_msg"):
+                attempt["err_msg"] = prev["err_msg"]
+            if prev.get("exit_code") is not None:
+                attempt["exit_code"] = prev["exit_code"]
+            history.append(attempt)
+        doc: dict[str, Any] = {
+            "id": instance_id,
+            "status": STATUS_RUNNING,
+            "start_time": now_rfc3339(),
+            "stop_time": None,
+            "err_msg": "",
+            "exit_code": None,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "history": history,
+        }
+        self.write(doc)
+        return doc
+
+    def finish(self, doc: dict[str, Any], status: str, err_msg: str = "", exit_code: int | None = None) -> dict[str, Any]:
+        """Record the end of the current attempt and return the new document."""
+        doc = dict(doc, status=status, stop_time=now_rfc3339(), err_msg=err_msg, exit_code=exit_code)
+        self.write(doc)
+        return doc

@@ -1,0 +1,1 @@
+"""Helpers under the old import paths (``ava.utils.fileloc``, ...)."""

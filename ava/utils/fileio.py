@@ -1,0 +1,65 @@
+"""Small file helpers shared by every layer: atomic replacement and directory creation.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "status.json"
+    >>> atomic_write_text(target, '{"status": "running"}')
+    >>> target.read_text()
+    '{"status": "running"}'
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (best effort: not every filesystem allows it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix.
+
+    The data goes to a temporary file in the same directory, is fsynced, and is renamed over
+    the target. On any failure the temporary file is removed and the target is untouched.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path | str, text: str, *, mode: int = 0o644) -> None:
+    """:func:`atomic_write_bytes` for UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+
+
+def mkdir_p(path: Path | str) -> Path:
+    """Create a directory and its parents if missing (old ``ava.utils.fileloc.mkdir_p``)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
