@@ -81,10 +81,10 @@ class MetricsWriter:
         self._done = 0
         self._flush_wanted = False
         self._closing = False
-        self._closed = False
+        self._abandon = False  # close() gave up waiting: stop retrying
         self._forked = False
-        self._error: MetricsError | None = None
-        self._error_raised = False
+        self._write_failing = False
+        self._surface: MetricsError | None = None  # raised once, on the caller's next call
         self._sink_failed: set[int] = set()
         self._thread = threading.Thread(target=self._run, name="ava-metrics-writer", daemon=True)
         self._thread.start()
@@ -126,9 +126,9 @@ class MetricsWriter:
                 f"metrics cannot be logged from a forked child (pid {os.getpid()}); "
                 "log them from the process that opened the training instance"
             )
-        if self._error is not None and not self._error_raised:
-            self._error_raised = True
-            raise self._error
+        if self._surface is not None:
+            err, self._surface = self._surface, None
+            raise err
         with self._cond:
             if self._closing:
                 raise MetricsError("the metric writer is closed (done() was called); open a new TrainInstance")
@@ -172,6 +172,10 @@ class MetricsWriter:
             self._cond.notify_all()
         if not already:
             self._thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if self._thread.is_alive():
+                with self._cond:
+                    self._abandon = True
+                    self._cond.notify_all()
         drained = not self._thread.is_alive() and self._done == self._enqueued
         if not drained and not already:
             log.warning(
@@ -217,20 +221,22 @@ class MetricsWriter:
                     self._sinks[0].write(pending)
                 except Exception as exc:  # noqa: BLE001 - a background thread must not die
                     now = time.monotonic()
-                    if self._error is None or now - last_retry_log > _RETRY_LOG_EVERY:
+                    if not self._write_failing or now - last_retry_log > _RETRY_LOG_EVERY:
                         log.error("cannot write metrics to %s: %s; keeping %d records to retry",
                                   getattr(self._sinks[0], "path", self._sinks[0]), exc, len(pending))
                         last_retry_log = now
-                    if self._error is None:
-                        self._error = MetricsError(f"metrics cannot be written: {exc}; they are kept in memory and retried")
-                    if closing:
+                    if not self._write_failing:
+                        self._write_failing = True
+                        self._surface = MetricsError(
+                            f"metrics cannot be written: {exc}; they are kept in memory and retried")
+                    if self._abandon:
                         break
                     with self._cond:
                         self._cond.wait(min(1.0, self._interval * 4))
                     continue
-                if self._error is not None:
+                if self._write_failing:
+                    self._write_failing = False
                     log.info("metrics are being written again; %d records caught up", len(pending))
-                    self._error, self._error_raised = None, False
                 self._write_others(pending)
                 written = pending_items
                 pending, pending_items = [], 0
@@ -266,8 +272,8 @@ class MetricsWriter:
                 except Exception as exc:  # noqa: BLE001 - surfaced to the caller below
                     err = MetricsError(f"metric {name!r} at step {step} could not be converted to a number: {exc}")
                     log.error("%s", err)
-                    if self._error is None:
-                        self._error, self._error_raised = err, False
+                    if self._surface is None:
+                        self._surface = err
                     continue
                 records.append(make_record(
                     ts, step, epoch, batch, phase, name, number, rank=rank, seq=self._seq,

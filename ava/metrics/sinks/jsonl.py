@@ -4,10 +4,11 @@ Why lines are never torn, even by ``kill -9``: the file has one writer (this sin
 exclusive ``flock``), every ``os.write`` carries whole lines only, and a failed or short write is
 truncated back. The kernel copies a write into the page cache one page at a time and checks for
 a fatal signal between pages, so a SIGKILL can cut a write only at a page boundary. The sink
-therefore never lets a line of up to :data:`LINE_RESERVE` bytes straddle a page boundary: when
-one would, the line before it is padded with spaces (JSON allows trailing whitespace), and each
-write ends with at least that much room left in its page. A longer line could still be cut at
-the very end of the file; opening the file again moves such a tail to ``metrics.jsonl.torn``.
+therefore never lets a line straddle a page boundary: when one would, the line before it is
+padded with spaces (JSON allows trailing whitespace), and each write ends with at least as much
+room left in its page as the longest line written so far (at least :data:`LINE_RESERVE` bytes).
+Only a line longer than every line before it, or than a page, can still be cut, and only at the
+very end of the file; opening the file again moves such a tail to ``metrics.jsonl.torn``.
 
 Example:
     >>> import tempfile, pathlib
@@ -45,11 +46,12 @@ def encode_line(record: dict[str, Any]) -> bytes:
     return (_dumps(record) + "\n").encode("utf-8")
 
 
-def frame_lines(lines: list[bytes], offset: int) -> list[bytes]:
-    """Pad lines so that none of up to ``LINE_RESERVE`` bytes straddles a page (see module doc).
+def frame_lines(lines: list[bytes], offset: int, reserve: int = LINE_RESERVE) -> list[bytes]:
+    """Pad lines so that no line of up to a page straddles a page boundary (see module doc).
 
-    ``offset`` is where the first line will land in the file. Returns the (possibly padded)
-    lines; their concatenation is what to write.
+    ``offset`` is where the first line will land in the file; ``reserve`` is the room the last
+    line leaves in its page for the next write. Returns the (possibly padded) lines; their
+    concatenation is what to write.
     """
     out: list[bytes] = []
     pos = offset
@@ -61,7 +63,7 @@ def frame_lines(lines: list[bytes], offset: int) -> list[bytes]:
         out.append(line)
         pos += len(line)
     room = PAGE - pos % PAGE
-    if out and room < LINE_RESERVE:
+    if out and room < min(reserve, PAGE):
         out[-1] = out[-1][:-1] + b" " * room + b"\n"
     return out
 
@@ -154,6 +156,7 @@ class JsonlSink(Sink):
                     "call done() on it first, or use another instance id"
                 ) from None
             raise
+        self._reserve = LINE_RESERVE
         rfd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             self._offset = _repair_tail(self._fd, self.path)
@@ -164,7 +167,9 @@ class JsonlSink(Sink):
     def write(self, records: list[dict[str, Any]]) -> None:
         if self._fd is None:
             raise MetricsError(f"{self.path} is closed")
-        data = b"".join(frame_lines([encode_line(r) for r in records], self._offset))
+        lines = [encode_line(r) for r in records]
+        self._reserve = max(self._reserve, max(map(len, lines), default=0))
+        data = b"".join(frame_lines(lines, self._offset, self._reserve))
         start = self._offset
         view = memoryview(data)
         written = 0

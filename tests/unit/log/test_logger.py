@@ -1,0 +1,102 @@
+import logging
+import pickle
+import sys
+
+import pytest
+
+from ava.log.logger import MultiProcessingLogHandler, close_logger, initialize_logger, logger
+
+
+def make_logger(name, handler):
+    log = logging.getLogger(name)
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    return log
+
+
+def test_records_reach_the_file_whole_including_multiline(tmp_path):
+    path = tmp_path / "run.log"
+    h = MultiProcessingLogHandler(path)
+    log = make_logger("t.multi", h)
+    try:
+        raise ValueError("bad\nvalue")
+    except ValueError:
+        log.exception("failed step %d", 3)
+    log.info("after")
+    h.flush()
+    text = path.read_text()
+    assert text.startswith("failed step 3\nTraceback")
+    assert text.endswith("ValueError: bad\nvalue\nafter\n")
+    h.close()
+
+
+def test_rotation_keeps_backup_count_files_with_stdlib_names(tmp_path):
+    path = tmp_path / "run.log"
+    h = MultiProcessingLogHandler(path, maxBytes=1000, backupCount=3)
+    log = make_logger("t.rot", h)
+    for i in range(400):
+        log.info("record %05d %s", i, "x" * 40)
+    h.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["run.log", "run.log.1", "run.log.2", "run.log.3"]
+    for p in tmp_path.iterdir():
+        assert p.stat().st_size <= 1000
+    last = path.read_text().splitlines()[-1]
+    assert last.startswith("record 00399")
+
+
+def test_append_mode_keeps_earlier_log(tmp_path):
+    path = tmp_path / "run.log"
+    path.write_text("earlier\n")
+    h = MultiProcessingLogHandler(path)
+    make_logger("t.append", h).info("later")
+    h.close()
+    assert path.read_text() == "earlier\nlater\n"
+
+
+def test_close_is_safe_twice_and_stops_the_thread(tmp_path):
+    h = MultiProcessingLogHandler(tmp_path / "run.log")
+    listener = h._listener
+    h.close()
+    h.close()
+    assert not listener.is_alive()
+
+
+def test_pickles_into_a_sender(tmp_path):
+    h = MultiProcessingLogHandler(tmp_path / "run.log")
+    h.setFormatter(logging.Formatter("S %(message)s"))
+    sender = pickle.loads(pickle.dumps(h))
+    assert sender._listener is None and not sender.is_owner
+    make_logger("t.sender", sender).info("via sender")
+    sender.close()
+    h.close()
+    assert (tmp_path / "run.log").read_text() == "S via sender\n"
+
+
+def test_initialize_logger_keeps_user_handlers_and_replaces_its_own(tmp_path):
+    root = logging.getLogger()
+    user = logging.StreamHandler(sys.stdout)
+    root.addHandler(user)
+    try:
+        assert initialize_logger(tmp_path / "a") is logger
+        ours = [h for h in root.handlers if getattr(h, "_ava_managed", False)]
+        # the user already writes to the console: no second console handler
+        assert [type(h).__name__ for h in ours] == ["MultiProcessingLogHandler"]
+        initialize_logger(tmp_path / "b", node="worker-1")
+        ours = [h for h in root.handlers if getattr(h, "_ava_managed", False)]
+        assert len(ours) == 1 and ours[0].baseFilename.endswith("b/run.worker-1.log")
+        assert user in root.handlers
+        logging.getLogger("some.module").info("hi")
+        ours[0].flush()
+        assert "worker-1 some.module: hi" in (tmp_path / "b" / "run.worker-1.log").read_text()
+    finally:
+        close_logger()
+        root.removeHandler(user)
+    assert not [h for h in root.handlers if getattr(h, "_ava_managed", False)]
+
+
+def test_log_level_from_environment(tmp_path):
+    initialize_logger(tmp_path, env=__import__("ava.env", fromlist=["Env"]).Env({"AVA_LOG_LEVEL": "warning"}))
+    ours = [h for h in logging.getLogger().handlers if getattr(h, "_ava_managed", False)]
+    assert {h.level for h in ours} == {logging.WARNING}

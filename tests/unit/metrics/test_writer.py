@@ -1,0 +1,185 @@
+import threading
+import time
+
+import pytest
+
+from ava.errors import MetricsError
+from ava.metrics.sinks.base import Sink
+from ava.metrics.writer import MetricsWriter
+
+
+class Collect(Sink):
+    def __init__(self):
+        self.records = []
+        self.threads = set()
+        self.flushes = 0
+        self.closed = 0
+
+    def write(self, records):
+        self.threads.add(threading.current_thread().name)
+        self.records.extend(records)
+
+    def flush(self):
+        self.flushes += 1
+
+    def close(self):
+        self.closed += 1
+
+
+class Gate(Collect):
+    """A durable sink that blocks until opened."""
+
+    def __init__(self):
+        super().__init__()
+        self.open = threading.Event()
+
+    def write(self, records):
+        self.open.wait(30)
+        super().write(records)
+
+
+class Flaky(Collect):
+    def __init__(self, failures):
+        super().__init__()
+        self.failures = failures
+
+    def write(self, records):
+        if self.failures > 0:
+            self.failures -= 1
+            raise OSError(28, "No space left on device")
+        super().write(records)
+
+
+def wait_until(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_seq_is_contiguous_and_order_kept():
+    sink = Collect()
+    w = MetricsWriter([sink], start_seq=10)
+    for i in range(1000):
+        w.log_metrics({"loss": float(i), "acc": 0.5}, step=i, epoch=0, batch=i)
+    w.log_event("snapshot", step=999, path="/x")
+    assert w.close(timeout=10)
+    seqs = [r["seq"] for r in sink.records]
+    assert seqs == list(range(10, 10 + 2001))
+    assert sink.records[-1]["event"] == "snapshot" and sink.records[-1]["path"] == "/x"
+    assert [r["value"] for r in sink.records[:4]] == [0.0, 0.5, 1.0, 0.5]
+    assert sink.closed == 1
+
+
+def test_values_are_converted_on_the_writer_thread_only():
+    seen = []
+
+    class Lazy:
+        def item(self):
+            seen.append(threading.current_thread().name)
+            return 0.25
+
+    sink = Collect()
+    w = MetricsWriter([sink])
+    w.log_metrics({"loss": Lazy()}, step=1)
+    assert w.close(timeout=10)
+    assert seen == ["ava-metrics-writer"]
+    assert sink.records[0]["value"] == 0.25
+
+
+def test_full_buffer_makes_the_caller_wait_and_drops_nothing():
+    sink = Gate()
+    w = MetricsWriter([sink], max_buffer=5, flush_interval=0.01)
+    done = threading.Event()
+
+    def produce():
+        for i in range(50):
+            w.log_metrics({"loss": 1.0}, step=i)
+        done.set()
+
+    t = threading.Thread(target=produce)
+    t.start()
+    assert wait_until(lambda: w.pending >= 5)
+    assert not done.wait(0.3), "the producer should be blocked by the full buffer"
+    sink.open.set()
+    assert done.wait(10)
+    assert w.close(timeout=10)
+    assert [r["step"] for r in sink.records] == list(range(50))
+
+
+def test_durable_sink_failure_is_retried_surfaced_once_and_recovers():
+    sink = Flaky(failures=3)
+    w = MetricsWriter([sink], flush_interval=0.01)
+    w.log_metrics({"loss": 1.0}, step=1)
+    assert wait_until(lambda: w._surface is not None)
+    with pytest.raises(MetricsError, match="No space left on device"):
+        w.log_metrics({"loss": 2.0}, step=2)
+    w.log_metrics({"loss": 3.0}, step=3)
+    assert w.close(timeout=10)
+    assert [r["step"] for r in sink.records] == [1, 3]
+
+
+def test_a_failing_secondary_sink_does_not_stop_the_durable_one():
+    class Broken(Collect):
+        def write(self, records):
+            raise RuntimeError("down")
+
+    sink = Collect()
+    w = MetricsWriter([sink, Broken()])
+    for i in range(10):
+        w.log_metrics({"loss": 1.0}, step=i)
+    assert w.close(timeout=10)
+    assert len(sink.records) == 10
+
+
+def test_flush_waits_for_everything_before_it():
+    sink = Collect()
+    w = MetricsWriter([sink], flush_interval=60)
+    for i in range(100):
+        w.log_metrics({"loss": 1.0}, step=i)
+    assert w.flush(timeout=10)
+    assert len(sink.records) == 100 and sink.flushes >= 1
+    w.close()
+
+
+def test_close_is_bounded_when_the_sink_hangs():
+    sink = Gate()
+    w = MetricsWriter([sink], flush_interval=0.01)
+    w.log_metrics({"loss": 1.0}, step=1)
+    t0 = time.monotonic()
+    assert w.close(timeout=0.3) is False
+    assert time.monotonic() - t0 < 5
+    sink.open.set()
+
+
+def test_close_twice_and_log_after_close():
+    w = MetricsWriter([Collect()])
+    assert w.close() and w.close()
+    with pytest.raises(MetricsError, match="closed"):
+        w.log_metrics({"loss": 1.0}, step=1)
+
+
+def test_bad_phase_and_step_are_refused():
+    w = MetricsWriter([Collect()])
+    with pytest.raises(MetricsError, match="phase must be one of"):
+        w.log_metrics({"loss": 1.0}, step=1, phase="training")
+    with pytest.raises(MetricsError, match="epoch must be an integer"):
+        w.log_metrics({"loss": 1.0}, step=1, epoch="1")
+    w.close()
+
+
+def test_conversion_failure_on_the_writer_thread_is_surfaced_and_others_kept():
+    class Bad:
+        def item(self):
+            raise RuntimeError("device lost")
+
+    sink = Collect()
+    w = MetricsWriter([sink], flush_interval=0.01)
+    w.log_metrics({"loss": Bad(), "acc": 0.5}, step=1)
+    assert w.flush(timeout=10)
+    with pytest.raises(MetricsError, match="'loss' at step 1 could not be converted"):
+        w.log_metrics({"acc": 0.6}, step=2)
+    assert w.close(timeout=10)
+    assert [(r["name"], r["value"]) for r in sink.records] == [("acc", 0.5)]

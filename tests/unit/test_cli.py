@@ -1,0 +1,56 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ava.cli import main
+
+
+def test_init_then_params_get(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("AVA_WORKSPACE", str(tmp_path / "ws"))
+    assert main(["init"]) == 0
+    assert "wrote params/default.json" in capsys.readouterr().out
+    assert main(["params", "get", "solverOps.lr"]) == 0
+    assert json.loads(capsys.readouterr().out) == 0.01
+    assert main(["params", "get", "layers.0"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"name": "fc1", "size": 256}
+    assert main(["params", "get", r"augment.random\.crop"]) == 0
+    assert capsys.readouterr().out.strip() == "true"
+
+
+def test_init_into_a_directory_argument_twice(tmp_path, capsys):
+    assert main(["init", str(tmp_path / "w")]) == 0
+    assert main(["init", str(tmp_path / "w")]) == 0
+    assert "nothing overwritten" in capsys.readouterr().out
+
+
+def test_missing_key_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("AVA_WORKSPACE", str(tmp_path / "ws"))
+    main(["init"])
+    capsys.readouterr()
+    assert main(["params", "get", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'nope'" in err and "--default" in err
+    assert main(["params", "get", "nope", "--default", "[1, 2]"]) == 0
+    assert json.loads(capsys.readouterr().out) == [1, 2]
+    assert main(["params", "get", "nope", "--default", "plain"]) == 0
+    assert capsys.readouterr().out.strip() == '"plain"'
+
+
+def test_malformed_params_exit_2_naming_the_file(tmp_path, monkeypatch, capsys):
+    (tmp_path / "ws" / "params").mkdir(parents=True)
+    (tmp_path / "ws" / "params" / "default.json").write_text("{oops")
+    monkeypatch.setenv("AVA_WORKSPACE", str(tmp_path / "ws"))
+    assert main(["params", "get", "a"]) == 2
+    err = capsys.readouterr().err
+    assert "default.json is not valid JSON" in err and "line 1 column 2" in err
+
+
+def test_console_script_and_module_entry(tmp_path):
+    env_ws = str(tmp_path / "ws")
+    for cmd in ([sys.executable, "-m", "ava"], [str(__import__("pathlib").Path(sys.executable).parent / "ava")]):
+        out = subprocess.run([*cmd, "init", env_ws], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+    bad = subprocess.run([sys.executable, "-m", "ava", "params"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2

@@ -1,0 +1,55 @@
+import json
+
+import pytest
+
+from ava.env import Env, read_config
+from ava.errors import ConfigError
+
+
+def test_done_timeout_default_and_parse():
+    assert Env({}).done_timeout == 10.0
+    assert Env({"AVA_DONE_TIMEOUT": "2.5"}).done_timeout == 2.5
+
+
+@pytest.mark.parametrize("raw", ["soon", "-1", "nan"])
+def test_done_timeout_rejects_bad_values_naming_the_variable(raw):
+    with pytest.raises(ConfigError, match="AVA_DONE_TIMEOUT"):
+        Env({"AVA_DONE_TIMEOUT": raw}).done_timeout
+
+
+def test_job_id_is_third_part_of_job_name():
+    assert Env({"JOB_NAME": "ava-train-1234-x"}).job_id == "1234"
+    assert Env({"JOB_NAME": "short"}).job_id is None
+
+
+def test_empty_variable_counts_as_unset():
+    assert Env({"AVA_WORKSPACE": ""}).workspace_override is None
+
+
+def test_hosts_and_keys_fall_back_to_config_files(tmp_path):
+    (tmp_path / "worker").write_text(json.dumps({"atnet_status_host": "http://s", "atnet_apiserver_host": "http://a"}))
+    (tmp_path / "user.json").write_text(json.dumps({"key": "AK", "secret": "SK", "uid": 1}))
+    env = Env({})
+    assert env.status_host(tmp_path) == "http://s"
+    assert env.api_host(tmp_path) == "http://a"
+    assert env.credentials(tmp_path) == ("AK", "SK")
+    assert Env({"AVA_STATUS_HOST": "http://env"}).status_host(tmp_path) == "http://env"
+
+
+def test_missing_config_reads_as_empty(tmp_path):
+    assert read_config(tmp_path, "trainingspec") == {}
+
+
+def test_malformed_config_names_file_line_and_column(tmp_path):
+    (tmp_path / "trainingspec").write_text('{\n  "name": "x",\n  oops\n}')
+    with pytest.raises(ConfigError) as info:
+        read_config(tmp_path, "trainingspec")
+    msg = str(info.value)
+    assert str(tmp_path / "trainingspec") in msg and "line 3 column 3" in msg
+    assert "\n" not in msg
+
+
+def test_config_that_is_not_an_object_is_refused(tmp_path):
+    (tmp_path / "user").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="holds a JSON list"):
+        read_config(tmp_path, "user")

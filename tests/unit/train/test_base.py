@@ -1,0 +1,203 @@
+import json
+import re
+import threading
+import time
+
+import pytest
+
+from ava.errors import InstanceError, MetricsError, UsageError
+from ava.metrics.sinks.jsonl import JsonlSink, iter_records
+from ava.train import base as train
+from tests.conftest import run_python
+
+
+def open_instance(ws, ins_id="run-1", **kw):
+    return train.TrainInstance(ins_id, workspace=ws.root, setup_logging=False, **kw)
+
+
+def status(ins):
+    return json.loads(ins.status_path.read_text())
+
+
+def test_layout_status_and_getters(ws):
+    ins = open_instance(ws)
+    assert ins.get_training_ins_id() == "run-1"
+    assert ins.get_base_path() == str(ws.root / "run" / "run-1")
+    assert ins.get_snapshot_base_path() == str(ws.root / "run" / "run-1" / "output")
+    assert ins.get_log_base_path() == str(ws.root / "run" / "run-1" / "logs")
+    assert ins.get_trainset_base_path() == str(ws.root / "data" / "train")
+    assert ins.get_valset_base_path() == str(ws.root / "data" / "val")
+    assert ins.get_testset_base_path() == str(ws.root / "data" / "test")
+    assert ins.get_model_base_path() == str(ws.root / "model")
+    doc = status(ins)
+    assert doc["status"] == "running" and doc["id"] == "run-1" and doc["history"] == []
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", doc["start_time"])
+    ins.done()
+    doc = status(ins)
+    assert doc["status"] == "done" and doc["err_msg"] == "" and doc["stop_time"]
+
+
+def test_id_from_environment_then_generated(ws):
+    ins = train.TrainInstance(workspace=ws.root, env={"AVA_TRAINING_INSTANCE_ID": "from-env"}, setup_logging=False)
+    assert ins.get_training_ins_id() == "from-env"
+    ins.done()
+    a = train.TrainInstance(workspace=ws.root, env={}, setup_logging=False)
+    b = train.TrainInstance(workspace=ws.root, env={}, setup_logging=False)
+    for ins in (a, b):
+        assert re.match(r"^\d{8}T\d{9}Z-[0-9a-f]{6}$", ins.get_training_ins_id())
+        ins.done()
+    assert a.get_training_ins_id() != b.get_training_ins_id()
+    assert train.new_instance_id() > a.get_training_ins_id()
+
+
+def test_workspace_from_environment(ws, monkeypatch):
+    monkeypatch.setenv("AVA_WORKSPACE", str(ws.root))
+    ins = train.TrainInstance("env-ws", setup_logging=False)
+    assert ins.get_base_path() == str(ws.root / "run" / "env-ws")
+    ins.done()
+
+
+@pytest.mark.parametrize("bad", ["a/b", "..", "x..y", "/abs", "", "-lead", "a" * 200, 12])
+def test_unsafe_ids_are_refused(ws, bad):
+    with pytest.raises(InstanceError, match="training instance id"):
+        open_instance(ws, bad)
+    assert not (ws.root / "run" / "a").exists()
+
+
+def test_done_is_idempotent_and_failed_keeps_message(ws):
+    ins = open_instance(ws)
+    ins.done(err_msg="CUDA out of memory")
+    first = status(ins)
+    ins.done()
+    ins.done(err_msg="other")
+    assert status(ins) == first
+    assert first["status"] == "failed" and first["err_msg"] == "CUDA out of memory"
+
+
+def test_context_manager_marks_failure_and_reraises(ws):
+    with pytest.raises(ZeroDivisionError):
+        with open_instance(ws) as ins:
+            ins.log_metrics({"loss": 1.0}, step=1)
+            1 / 0
+    doc = status(ins)
+    assert doc["status"] == "failed" and doc["err_msg"] == "ZeroDivisionError: division by zero"
+    assert [r["name"] for r in iter_records(ins.metrics_path)] == ["loss"]
+
+
+def test_resume_appends_metrics_and_continues_seq(ws):
+    ins = open_instance(ws)
+    for i in range(3):
+        ins.log_metrics({"loss": 1.0, "acc": 0.1}, step=i)
+    ins.done(err_msg="preempted by test")
+    again = open_instance(ws)
+    again.log_metrics({"loss": 0.5}, step=3)
+    again.done()
+    recs = list(iter_records(again.metrics_path))
+    assert [r["seq"] for r in recs] == list(range(7))
+    doc = status(again)
+    assert doc["status"] == "done"
+    assert [h["status"] for h in doc["history"]] == ["failed"]
+    assert doc["history"][0]["err_msg"] == "preempted by test"
+
+
+def test_a_stale_running_status_becomes_crashed_history(ws):
+    run = ws.root / "run" / "stale"
+    (run / "logs").mkdir(parents=True)
+    (run / "status.json").write_text(json.dumps({"id": "stale", "status": "running", "pid": 999999, "host": "h",
+                                                 "start_time": "2026-01-01T00:00:00.000Z"}))
+    ins = open_instance(ws, "stale")
+    assert status(ins)["history"][0]["status"] == "crashed"
+    ins.done()
+
+
+def test_corrupt_status_is_kept_aside(ws):
+    run = ws.root / "run" / "corrupt"
+    run.mkdir(parents=True)
+    (run / "status.json").write_text("{not json")
+    ins = open_instance(ws, "corrupt")
+    assert (run / "status.json.corrupt").read_text() == "{not json"
+    assert status(ins)["status"] == "running"
+    ins.done()
+
+
+def test_opening_an_instance_twice_is_refused_without_touching_its_status(ws):
+    ins = open_instance(ws)
+    before = ins.status_path.read_text()
+    with pytest.raises(InstanceError, match="already being written"):
+        open_instance(ws)
+    assert ins.status_path.read_text() == before
+    ins.done()
+
+
+def test_bad_metric_input_is_refused_and_nothing_recorded_is_lost(ws):
+    ins = open_instance(ws)
+    ins.log_metrics({"loss": 1.0}, step=1)
+    with pytest.raises(MetricsError, match="metric name"):
+        ins.log_metrics({1: 2.0}, step=2)
+    with pytest.raises(MetricsError, match="metric 'acc' has a str value"):
+        ins.log_metrics({"acc": "high"}, step=2)
+    ins.log_metrics({"loss": float("nan")}, step=3)
+    ins.done()
+    assert [(r["step"], r["value"]) for r in iter_records(ins.metrics_path)] == [(1, 1.0), (3, "nan")]
+
+
+def test_unknown_framework_lists_the_known_ones(ws):
+    ins = open_instance(ws)
+    with pytest.raises(UsageError, match="unknown framework 'tensorflow'; known: caffe, mxnet, torch"):
+        ins.get_monitor_callback("tensorflow")
+    ins.done()
+
+
+def test_done_is_bounded_when_metrics_cannot_be_written(ws, monkeypatch):
+    gate = threading.Event()
+    real_write = JsonlSink.write
+
+    def stuck(self, records):
+        gate.wait(30)
+        return real_write(self, records)
+
+    monkeypatch.setattr(JsonlSink, "write", stuck)
+    ins = open_instance(ws)
+    ins.log_metrics({"loss": 1.0}, step=1)
+    t0 = time.monotonic()
+    ins.done(timeout=0.5)
+    assert time.monotonic() - t0 < 5
+    assert status(ins)["status"] == "done"
+    gate.set()
+
+
+def test_process_exit_without_done_finishes_the_instance(ws):
+    code = f"""
+from ava.train import base as train
+ins = train.TrainInstance("exit-ok", workspace={str(ws.root)!r}, setup_logging=False)
+ins.log_metrics({{"loss": 1.0}}, step=1)
+"""
+    out = run_python(code)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((ws.root / "run" / "exit-ok" / "status.json").read_text())
+    assert doc["status"] == "done"
+    assert len(list(iter_records(ws.root / "run" / "exit-ok" / "logs" / "metrics.jsonl"))) == 1
+
+
+def test_uncaught_exception_at_exit_marks_failed(ws):
+    code = f"""
+from ava.train import base as train
+ins = train.TrainInstance("exit-bad", workspace={str(ws.root)!r}, setup_logging=False)
+raise RuntimeError("loss diverged")
+"""
+    out = run_python(code)
+    assert out.returncode == 1
+    doc = json.loads((ws.root / "run" / "exit-bad" / "status.json").read_text())
+    assert doc["status"] == "failed" and doc["err_msg"] == "RuntimeError: loss diverged"
+
+
+def test_run_log_is_set_up_by_default(ws):
+    import logging
+
+    ins = train.TrainInstance("with-log", workspace=ws.root)
+    logging.getLogger("user.script").warning("epoch 1 finished")
+    ins.done()
+    for h in logging.getLogger().handlers:
+        h.flush()
+    text = (ws.root / "run" / "with-log" / "logs" / "run.log").read_text()
+    assert "epoch 1 finished" in text and "training instance with-log started" in text
