@@ -61,12 +61,15 @@ def check_value(name: str, value: Any) -> Any:
 
 def check_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """Validate names and values on the caller's thread; return a private copy of the mapping."""
-    if not isinstance(metrics, Mapping):
+    if type(metrics) is dict:
+        out = metrics.copy()
+    elif isinstance(metrics, Mapping):
+        out = dict(metrics)
+    else:
         raise MetricsError(
             f"log_metrics takes a mapping of name to number, got a {type(metrics).__name__}; "
             "call it as log_metrics({'loss': 0.1}, step=...)"
         )
-    out = dict(metrics)
     for name, value in out.items():
         if type(name) is not str:
             raise MetricsError(f"metric name {name!r} is a {type(name).__name__}; metric names must be strings")

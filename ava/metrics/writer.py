@@ -111,7 +111,20 @@ class MetricsWriter:
             epoch = check_step(epoch, "epoch")
         if batch is not None and type(batch) is not int:
             batch = check_step(batch, "batch")
+        # _put inlined: this is the training thread's hot path.
         item = (time.time(), step, epoch, batch, phase, check_metrics(metrics), net, units)
+        if self._forked or self._surface is not None:
+            self._put(item)
+            return
+        with self._cond:
+            if self._closing or len(self._buf) >= self._max:
+                pass  # the slow path below waits or raises
+            else:
+                self._buf.append(item)
+                self._enqueued += 1
+                if len(self._buf) == self._wake_at:
+                    self._cond.notify_all()
+                return
         self._put(item)
 
     def log_event(self, event: str, step: int | None = None, **details: Any) -> None:

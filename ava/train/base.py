@@ -137,6 +137,8 @@ class TrainInstance:
             raise
         self._writer = MetricsWriter([sink], rank=self.rank, start_seq=start_seq, max_buffer=max_buffer,
                                      atexit_timeout=self._env.done_timeout)
+        # The hot path: calls go straight to the writer (same signature as the method below).
+        self.log_metrics = self._writer.log_metrics  # type: ignore[method-assign]
         resumed = len(self._status_doc["history"]) > 0
         log.info("training instance %s %s at %s", self.training_ins_id, "resumed" if resumed else "started", self.run_dir)
         _live.add(self)

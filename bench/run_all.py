@@ -1,0 +1,29 @@
+"""`make bench`: every benchmark, each printing its figure against a baseline from the same run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_import  # noqa: E402
+import bench_log_metrics  # noqa: E402
+import bench_mp_log  # noqa: E402
+
+
+def main() -> int:
+    ok = True
+    print("== log_metrics cost on the calling thread ==")
+    ok &= bench_log_metrics.main()["ratio_median"] >= 20
+    print("\n== MultiProcessingLogHandler throughput, 4 processes ==")
+    res = bench_mp_log.main()
+    ok &= res["ratio"] >= 0.8 and res["lost_ava"] == 0
+    print("\n== import time ==")
+    ok &= not bench_import.main()["heavy"]
+    print("\nall targets met" if ok else "\nSOME TARGETS MISSED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
