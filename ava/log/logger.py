@@ -124,6 +124,7 @@ class _Listener(threading.Thread):
     def _poll(self, timeout: float) -> bool:
         events = self._sel.select(timeout)
         records: list[bytes] = []
+        syncs = 0
         for key, _ in events:
             if key.fileobj is self._server:
                 self._accept()
@@ -133,7 +134,7 @@ class _Listener(threading.Thread):
                 except OSError:
                     pass
             else:
-                self._read(key.fileobj, key.data, records)  # type: ignore[arg-type]
+                syncs += self._read(key.fileobj, key.data, records)  # type: ignore[arg-type]
         if records:
             try:
                 self._out.write(records)
@@ -142,6 +143,10 @@ class _Listener(threading.Thread):
                     self._write_failed = True
                     sys.stderr.write(f"ava: cannot write log file {self._out.path}: {exc}; logging to stderr\n")
                 sys.stderr.write(b"".join(records).decode("utf-8", "replace"))
+        if syncs:  # only now is everything sent before the sync frames in the file
+            with self._sync_cond:
+                self._syncs += syncs
+                self._sync_cond.notify_all()
         return bool(events)
 
     def _accept(self) -> None:
@@ -153,34 +158,35 @@ class _Listener(threading.Thread):
             conn.setblocking(False)
             self._sel.register(conn, selectors.EVENT_READ, bytearray())
 
-    def _read(self, conn: socket.socket, buf: bytearray, records: list[bytes]) -> None:
+    def _read(self, conn: socket.socket, buf: bytearray, records: list[bytes]) -> int:
+        """Read what ``conn`` has; append whole records; return how many sync frames came."""
         try:
             data = conn.recv(_RECV)
         except (BlockingIOError, InterruptedError):
-            return
+            return 0
         except OSError:
             data = b""
         if not data:
             if buf:
                 self.dropped_partial += 1  # a sender died mid-frame
             self._close_conn(conn)
-            return
+            return 0
         buf += data
         pos = 0
         end = len(buf)
+        syncs = 0
         while end - pos >= 4:
             (n,) = _HEADER.unpack_from(buf, pos)
             if n & _SYNC:
                 pos += 4
-                with self._sync_cond:
-                    self._syncs += 1
-                    self._sync_cond.notify_all()
+                syncs += 1
                 continue
             if end - pos - 4 < n:
                 break
             records.append(bytes(buf[pos + 4 : pos + 4 + n]) + b"\n")
             pos += 4 + n
         del buf[:pos]
+        return syncs
 
     def _close_conn(self, conn: socket.socket) -> None:
         try:
