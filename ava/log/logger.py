@@ -268,6 +268,16 @@ class MultiProcessingLogHandler(logging.Handler):
         data = msg.encode("utf-8", "backslashreplace")
         self._send(_HEADER.pack(len(data)) + data, msg)
 
+    def write_raw(self, text: str) -> None:
+        """Send already-formatted text (whole lines, without the final newline) as one record.
+
+        For bulk output such as a wrapped child process's lines: no formatter, no LogRecord,
+        one frame however many lines the text holds, so lines stay together and in order.
+        """
+        data = text.encode("utf-8", "backslashreplace")
+        with self.lock:  # type: ignore[union-attr]
+            self._send(_HEADER.pack(len(data)) + data, text)
+
     def _send(self, frame: bytes, text: str) -> None:
         if not self._fallback:
             try:
@@ -391,11 +401,22 @@ def initialize_logger(workdir: str | os.PathLike[str], node: str | None = None, 
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(formatter)
         console.setLevel(level)
+        # Records logged with extra={"ava_console": False} (e.g. a child's output that was
+        # already echoed raw) go to the file only.
+        console.addFilter(lambda record: getattr(record, "ava_console", True))
         setattr(console, _MANAGED, True)
         root.addHandler(console)
     if root.level == logging.NOTSET or root.level > level:
         root.setLevel(level)
     return logger
+
+
+def run_log_handler() -> MultiProcessingLogHandler | None:
+    """The file handler :func:`initialize_logger` installed on the root logger, if any."""
+    for h in logging.getLogger().handlers:
+        if getattr(h, _MANAGED, False) and isinstance(h, MultiProcessingLogHandler):
+            return h
+    return None
 
 
 def close_logger() -> None:

@@ -100,3 +100,35 @@ def test_log_level_from_environment(tmp_path):
     initialize_logger(tmp_path, env=__import__("ava.env", fromlist=["Env"]).Env({"AVA_LOG_LEVEL": "warning"}))
     ours = [h for h in logging.getLogger().handlers if getattr(h, "_ava_managed", False)]
     assert {h.level for h in ours} == {logging.WARNING}
+
+
+def test_write_raw_sends_lines_unformatted_as_one_record(tmp_path):
+    h = MultiProcessingLogHandler(tmp_path / "run.log")
+    h.setFormatter(logging.Formatter("PREFIX %(message)s"))
+    log = make_logger("t.raw", h)
+    log.info("formatted")
+    h.write_raw("child line 1\nchild line 2")
+    h.close()
+    assert (tmp_path / "run.log").read_text() == "PREFIX formatted\nchild line 1\nchild line 2\n"
+
+
+def test_run_log_handler_and_file_only_records(tmp_path, capsys):
+    from ava.log.logger import run_log_handler
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers[:] = []  # no user console handler: initialize_logger adds its own
+    try:
+        initialize_logger(tmp_path)
+        h = run_log_handler()
+        assert h is not None and h.baseFilename == str(tmp_path / "run.log")
+        logging.getLogger("x").info("to both")
+        logging.getLogger("x").info("file only", extra={"ava_console": False})
+        h.flush()
+        err = capsys.readouterr().err
+        assert "to both" in err and "file only" not in err
+        text = (tmp_path / "run.log").read_text()
+        assert "to both" in text and "file only" in text
+    finally:
+        close_logger()
+        root.handlers[:] = saved
