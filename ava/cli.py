@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_get.add_argument("key", help="dotted key, e.g. solverOps.lr (escape a literal dot as \\.)")
     p_get.add_argument("--default", help="printed when the key is missing (parsed as JSON if it is JSON)")
     p_get.set_defaults(func=_cmd_params_get)
+
+    from ava import runs
+
+    runs.add_parser(sub)
     return parser
 
 

@@ -64,3 +64,7 @@ class MetricsError(AvaError, ValueError):
 
 class UsageError(AvaError, ValueError):
     """A caller used the API wrongly (unknown framework, missing argument...)."""
+
+
+class PlatformError(AvaError, RuntimeError):
+    """The platform API refused a request or could not be reached within the time allowed."""

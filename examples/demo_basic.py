@@ -1,15 +1,19 @@
-"""A first end-to-end run: workspace, params, a real (numpy) training loop, metrics, status.
+"""A first end-to-end run: workspace, params, a real (numpy) training loop, metrics, status,
+and delivery to the reference platform server.
 
-Run it with `make demo`. It trains a softmax classifier on three Gaussian blobs with plain
-numpy, records batch metrics and per-epoch validation accuracy through TrainInstance, and
-prints where the status and metrics went.
+Run it with `make demo`. It starts `python -m ava.platform_server` on 127.0.0.1, trains a
+softmax classifier on three Gaussian blobs with plain numpy, records batch metrics and
+per-epoch validation accuracy through TrainInstance (which also sends them to the server),
+and prints where the status and metrics went and how many points the server received.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +33,28 @@ def make_data(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]
     return x, y
 
 
+def start_platform_server(db: Path) -> tuple[subprocess.Popen, str]:
+    """The reference platform server in its own process; its first stdout line is its URL."""
+    proc = subprocess.Popen([sys.executable, "-m", "ava.platform_server", "--port", "0", "--db", str(db)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http://"):
+        proc.kill()
+        raise SystemExit("the platform server did not start")
+    return proc, url
+
+
 def main() -> int:
     ws = Workspace.create(WORKSPACE)
+    server, url = start_platform_server(ws.root / "platform.db")
+    try:
+        return train_and_report(ws, url)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def train_and_report(ws: Workspace, url: str) -> int:
     (ws.params_dir / "default.json").write_text(json.dumps({
         "epochs": 5, "batch_size": 32, "solverOps": {"lr": 0.5, "lr_decay": 0.7}, "seed": 7,
     }, indent=2))
@@ -46,7 +70,8 @@ def main() -> int:
     w = np.zeros((2, 3))
     b = np.zeros(3)
 
-    with train.TrainInstance(workspace=ws) as ins:
+    env = {**os.environ, "AVA_STATUS_HOST": url, "AVA_API_HOST": url}
+    with train.TrainInstance(workspace=ws, env=env) as ins:
         step = 0
         batches = len(x_train) // batch_size
         for epoch in range(epochs):
@@ -64,7 +89,7 @@ def main() -> int:
                 w -= lr * (x_train[idx].T @ grad)
                 b -= lr * grad.sum(axis=0)
                 step += 1
-                if step % 10 == 0:
+                if step % 2 == 0:
                     ins.log_metrics({"loss": loss, "accuracy": acc, "lr": lr}, step=step, epoch=epoch, batch=batch)
             val_acc = ((x_val @ w + b).argmax(axis=1) == y_val).mean()
             ins.log_metrics({"accuracy": val_acc}, step=step, epoch=epoch, phase="val")
@@ -73,10 +98,14 @@ def main() -> int:
 
     status = json.loads(Path(ins.status_path).read_text())
     records = sum(1 for _ in open(ins.metrics_path))
+    with urllib.request.urlopen(f"{url}/v1/trainings/{ins.get_training_ins_id()}/metrics") as resp:
+        received = len(json.load(resp))
     print(f"status:  {ins.status_path} ({status['status']})")
     print(f"metrics: {ins.metrics_path} ({records} records)")
     print(f"log:     {Path(ins.get_log_base_path()) / 'run.log'}")
-    return 0 if status["status"] == "done" and records > 0 else 1
+    print(f"server:  {url} received {received} points")
+    print(f"see it:  AVA_WORKSPACE={ws.root} ava runs show {ins.get_training_ins_id()} --plot loss.png")
+    return 0 if status["status"] == "done" and records > 0 and received == records else 1
 
 
 if __name__ == "__main__":

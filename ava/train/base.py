@@ -23,21 +23,29 @@ import re
 import secrets
 import sys
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ava.env import Env
-from ava.errors import InstanceError, UsageError
+from ava.errors import AvaError, InstanceError, UsageError
 from ava.log.logger import initialize_logger
+from ava.metrics.sinks.base import Sink
+from ava.metrics.sinks.http import HttpSink
 from ava.metrics.sinks.jsonl import JsonlSink
+from ava.metrics.sinks.tensorboard import TensorBoardSink
 from ava.metrics.writer import MetricsWriter
 from ava.monitor import FRAMEWORKS
+from ava.params.params import Params
+from ava.train.platform_link import PlatformLink
 from ava.train.status import (
     FINAL_STATUSES,
     STATUS_DONE,
     STATUS_FAILED,
+    STATUS_RUNNING,
     StatusFile,
+    now_rfc3339,
 )
 from ava.workspace import Workspace
 
@@ -80,6 +88,7 @@ class TrainInstance:
         training_ins_id: the instance id, or None.
         workspace: the workspace root; None finds it from the environment.
         env: the environment mapping to read (``os.environ`` by default).
+        tensorboard: write TensorBoard event files; None follows ``AVA_TENSORBOARD``.
         setup_logging: call :func:`ava.log.logger.initialize_logger` on ``logs/`` (as the old SDK did).
         max_buffer: metric calls buffered before ``log_metrics`` waits.
 
@@ -99,6 +108,7 @@ class TrainInstance:
         env: Mapping[str, str] | Env | None = None,
         setup_logging: bool = True,
         max_buffer: int = 10_000,
+        tensorboard: bool | None = None,
     ) -> None:
         self._env = env if isinstance(env, Env) else Env(env)
         if isinstance(workspace, Workspace):
@@ -109,6 +119,12 @@ class TrainInstance:
             self.workspace = Workspace.discover(self._env)
         self.workspace.ensure()
         explicit = training_ins_id if training_ins_id is not None else self._env.training_instance_id
+        if explicit is not None:
+            check_instance_id(explicit)
+        config_dir = self.workspace.config_dir
+        self._platform = PlatformLink.from_env(self._env, config_dir)
+        if self._platform is not None:
+            explicit = self._platform.open(explicit, self._platform_spec()) or explicit
         self.training_ins_id = check_instance_id(explicit) if explicit is not None else new_instance_id()
         self.rank = 0
         self._pid = os.getpid()
@@ -135,13 +151,40 @@ class TrainInstance:
         except BaseException:
             sink.close()
             raise
-        self._writer = MetricsWriter([sink], rank=self.rank, start_seq=start_seq, max_buffer=max_buffer,
+        self._http: HttpSink | None = None
+        sinks: list[Sink] = [sink, *self._extra_sinks(config_dir, tensorboard)]
+        self._writer = MetricsWriter(sinks, rank=self.rank, start_seq=start_seq, max_buffer=max_buffer,
                                      atexit_timeout=self._env.done_timeout)
         # The hot path: calls go straight to the writer (same signature as the method below).
         self.log_metrics = self._writer.log_metrics  # type: ignore[method-assign]
         resumed = len(self._status_doc["history"]) > 0
         log.info("training instance %s %s at %s", self.training_ins_id, "resumed" if resumed else "started", self.run_dir)
         _live.add(self)
+
+    def _platform_spec(self) -> dict[str, Any]:
+        try:
+            params = Params(self.workspace.params_dir).get_all()
+        except AvaError as exc:
+            log.warning("params not sent to the platform: %s", exc)
+            params = {}
+        return {"status": STATUS_RUNNING, "params": params, "startTime": now_rfc3339()}
+
+    def _extra_sinks(self, config_dir: Path, tensorboard: bool | None) -> list[Sink]:
+        """The HTTP sink when a status host is set, the TensorBoard sink when asked for."""
+        sinks: list[Sink] = []
+        try:
+            host = self._env.status_host(config_dir)
+            if host:
+                self._http = HttpSink(host, self.training_ins_id, self.metrics_path)
+                sinks.append(self._http)
+        except AvaError as exc:
+            log.error("metrics are not sent to the platform: %s; they are kept in %s", exc, self.metrics_path)
+        if tensorboard if tensorboard is not None else self._env.tensorboard:
+            try:
+                sinks.append(TensorBoardSink(self.logs_dir / "tensorboard"))
+            except AvaError as exc:
+                log.error("%s", exc)
+        return sinks
 
     # --- the old getters ---------------------------------------------------------------
     def get_training_ins_id(self) -> str:
@@ -245,10 +288,20 @@ class TrainInstance:
             if self._status_doc is None or self._status_doc.get("status") in FINAL_STATUSES:
                 return
             budget = self._env.done_timeout if timeout is None else timeout
+            end = time.monotonic() + budget
             if self._writer is not None and not self._writer.close(timeout=budget):
                 log.warning("instance %s: metrics not fully written within %.1f s", self.training_ins_id, budget)
+            if self._http is not None:
+                if not self._http.wait(end - time.monotonic()):
+                    log.warning("instance %s: %d bytes of metrics not delivered to %s within %.1f s; they stay in "
+                                "%s and are sent when this instance is resumed", self.training_ins_id,
+                                self._http.backlog_bytes(), self._http.base_url, budget, self.metrics_path)
+                self._http.stop()
             status = STATUS_FAILED if err_msg else STATUS_DONE
             self._status_doc = self._status.finish(self._status_doc, status, str(err_msg or ""), exit_code)
+            if self._platform is not None:
+                self._platform.finish(self.training_ins_id, status, str(err_msg or ""),
+                                      self._status_doc["start_time"], self._status_doc["stop_time"])
             _live.discard(self)
             log.info("training instance %s %s", self.training_ins_id, status)
 

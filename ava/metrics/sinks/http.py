@@ -1,0 +1,298 @@
+"""Delivery of the metric record to the platform's HTTP endpoint, losing nothing.
+
+The sink does not keep records in memory: it tails the durable ``metrics.jsonl`` from a
+persisted offset (``metrics.jsonl.http-offset``), so an endpoint that is down for the whole run
+loses nothing, and delivery resumes when the endpoint comes back or when the instance is
+resumed by a new process. Each batch is one POST of line protocol to
+``<host>/v1/report/trainings/<id>/metric``; the offset moves only after a 2xx. Failures are
+retried with exponential backoff and full jitter (honouring ``Retry-After``); a 4xx other than
+408/429 is reported once and stops delivery for this process, the records staying on disk.
+The training thread never waits on any of this.
+
+Example:
+    >>> sink = HttpSink("http://127.0.0.1:9", "run-1", "/tmp/ava-doc-metrics.jsonl")  # doctest: +SKIP
+    >>> sink.wait(timeout=1.0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.client
+import json
+import logging
+import random
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from ava.errors import ConfigError
+from ava.metrics.sinks.base import Sink
+from ava.platform.lineproto import encode_records
+from ava.utils.fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+OFFSET_SUFFIX = ".http-offset"
+_READ_CHUNK = 4 << 20
+_LOG_EVERY = 60.0
+
+
+def parse_base_url(url: str) -> tuple[str, str, int, str]:
+    """(scheme, host, port, path prefix) of an endpoint base URL; ConfigError when unusable."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"status host {url!r} is not a URL ({exc}); set AVA_STATUS_HOST to http(s)://host[:port]") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"status host {url!r} is not an http(s) URL; set AVA_STATUS_HOST to http(s)://host[:port]")
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80), parts.path.rstrip("/")
+
+
+class _Connection(http.client.HTTPConnection):
+    """HTTPConnection with separate connect and read timeouts."""
+
+    def __init__(self, host: str, port: int, connect_timeout: float, read_timeout: float) -> None:
+        super().__init__(host, port, timeout=connect_timeout)
+        self.read_timeout = read_timeout
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.settimeout(self.read_timeout)
+
+
+class _TLSConnection(http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int, connect_timeout: float, read_timeout: float) -> None:
+        super().__init__(host, port, timeout=connect_timeout)
+        self.read_timeout = read_timeout
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock.settimeout(self.read_timeout)
+
+
+class _Refused(Exception):
+    """The server answered a 4xx that retrying will not fix."""
+
+
+class _Retry(Exception):
+    def __init__(self, why: str, retry_after: float | None = None) -> None:
+        super().__init__(why)
+        self.retry_after = retry_after
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class HttpSink(Sink):
+    """Deliver ``metrics.jsonl`` to the platform's metric endpoint from a daemon thread.
+
+    Args:
+        base_url: the status host (``AVA_STATUS_HOST``).
+        instance_id: the training instance id (in the URL and the ``id`` tag).
+        jsonl_path: the durable record to read.
+        batch_records: records per POST at most.
+        connect_timeout: seconds to connect.
+        read_timeout: seconds to wait for an answer.
+        max_backoff: the longest pause between retries.
+    """
+
+    def __init__(self, base_url: str, instance_id: str, jsonl_path: Path | str, *, batch_records: int = 10_000,
+                 connect_timeout: float = 5.0, read_timeout: float = 30.0, max_backoff: float = 30.0) -> None:
+        scheme, host, port, prefix = parse_base_url(base_url)
+        self.base_url = base_url
+        self.instance_id = instance_id
+        self.path = f"{prefix}/v1/report/trainings/{quote(instance_id, safe='')}/metric"
+        self.jsonl_path = Path(jsonl_path)
+        self.offset_path = self.jsonl_path.with_name(self.jsonl_path.name + OFFSET_SUFFIX)
+        self._conn_args = (host, port, connect_timeout, read_timeout)
+        self._conn_cls = _TLSConnection if scheme == "https" else _Connection
+        self._conn: http.client.HTTPConnection | None = None
+        self._batch = batch_records
+        self._max_backoff = max_backoff
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self.offset = self._load_offset()
+        self.delivered = 0
+        self.refused = False
+        self._failing_since: float | None = None
+        self._last_fail_log = 0.0
+        self._thread = threading.Thread(target=self._run, name="ava-metrics-http", daemon=True)
+        self._thread.start()
+
+    # --- Sink ---------------------------------------------------------------------------
+    def write(self, records: list[dict[str, Any]]) -> None:
+        self._wake.set()  # the records are in metrics.jsonl already
+
+    def close(self) -> None:
+        """Called by the writer at its end: deliver what is left (see :meth:`wait`), don't block."""
+        self._wake.set()
+
+    # --- control ------------------------------------------------------------------------
+    def backlog_bytes(self) -> int:
+        """Bytes of ``metrics.jsonl`` not yet delivered."""
+        try:
+            return max(0, self.jsonl_path.stat().st_size - self.offset)
+        except OSError:
+            return 0
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until everything in ``metrics.jsonl`` now is delivered; False on timeout or refusal."""
+        target = self.jsonl_path.stat().st_size if self.jsonl_path.exists() else 0
+        deadline = time.monotonic() + max(0.0, timeout)
+        self._wake.set()
+        with self._cond:
+            while self.offset < target and not self.refused and self._thread.is_alive():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.5))
+        return self.offset >= target
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the thread (the offset is already saved); safe to call twice."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+        if self._conn is not None:
+            self._conn.close()
+
+    # --- the delivery thread ------------------------------------------------------------
+    def _load_offset(self) -> int:
+        try:
+            doc = json.loads(self.offset_path.read_text())
+            offset = int(doc["offset"])
+        except FileNotFoundError:
+            return 0
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s is unreadable; delivering %s from the start (the server drops duplicates)",
+                        self.offset_path, self.jsonl_path.name)
+            return 0
+        size = self.jsonl_path.stat().st_size if self.jsonl_path.exists() else 0
+        if offset > size:
+            log.warning("%s points past the end of %s; delivering from the start", self.offset_path, self.jsonl_path.name)
+            return 0
+        if offset > 0:
+            with open(self.jsonl_path, "rb") as fh:
+                fh.seek(offset - 1)
+                if fh.read(1) != b"\n":  # not at a line start: resend from the start of that line
+                    fh.seek(0)
+                    head = fh.read(offset)
+                    offset = head.rfind(b"\n") + 1
+        return offset
+
+    def _save_offset(self) -> None:
+        atomic_write_text(self.offset_path, json.dumps({"offset": self.offset, "url": self.base_url}) + "\n")
+
+    def _read_batch(self) -> tuple[list[dict[str, Any]], int]:
+        """Records from ``self.offset`` (whole lines only) and the offset after them."""
+        try:
+            with open(self.jsonl_path, "rb") as fh:
+                fh.seek(self.offset)
+                chunk = fh.read(_READ_CHUNK)
+        except FileNotFoundError:
+            return [], self.offset
+        end = chunk.rfind(b"\n")
+        if end < 0:
+            return [], self.offset
+        records: list[dict[str, Any]] = []
+        pos = 0
+        while pos <= end:
+            nl = chunk.index(b"\n", pos)
+            line = chunk[pos:nl]
+            pos = nl + 1
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    log.warning("skipping an unreadable line of %s at byte %d", self.jsonl_path.name, self.offset + pos)
+            if len(records) >= self._batch:
+                break
+        return records, self.offset + pos
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            records, new_offset = self._read_batch()
+            if new_offset == self.offset:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            body = encode_records(records, self.instance_id)
+            try:
+                if body:
+                    self._post(body)
+            except _Refused as exc:
+                self.refused = True
+                log.error("the metric endpoint %s refused the records (%s); stopping delivery for this process, "
+                          "the records stay in %s", self.base_url, exc, self.jsonl_path)
+                with self._cond:
+                    self._cond.notify_all()
+                return
+            except _Retry as exc:
+                attempt += 1
+                now = time.monotonic()
+                if self._failing_since is None:
+                    self._failing_since = now
+                if now - self._last_fail_log > _LOG_EVERY or attempt == 1:
+                    log.warning("metric delivery to %s failed (%s); retrying, nothing is lost (%d bytes waiting)",
+                                self.base_url, exc, self.backlog_bytes())
+                    self._last_fail_log = now
+                delay = random.uniform(0, min(self._max_backoff, 0.1 * 2 ** min(attempt, 20)))
+                if exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, self._max_backoff * 4))
+                self._stop.wait(delay)
+                continue
+            if self._failing_since is not None:
+                log.info("metric delivery to %s works again after %.1f s", self.base_url,
+                         time.monotonic() - self._failing_since)
+                self._failing_since = None
+            attempt = 0
+            self.delivered += len(records)
+            self.offset = new_offset
+            try:
+                self._save_offset()
+            except OSError as exc:
+                log.warning("cannot save %s: %s (a restart may resend; the server drops duplicates)", self.offset_path, exc)
+            with self._cond:
+                self._cond.notify_all()
+
+    def _post(self, body: bytes) -> None:
+        if self._conn is None:
+            self._conn = self._conn_cls(*self._conn_args)
+        try:
+            self._conn.request("POST", self.path, body=body, headers={"Content-Type": "text/plain; charset=utf-8"})
+            resp = self._conn.getresponse()
+            resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self._conn.close()
+            self._conn = None
+            if isinstance(exc, socket.gaierror):
+                raise _Retry(f"cannot resolve the host: {exc}") from None
+            raise _Retry(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
+        if 200 <= resp.status < 300:
+            if resp.will_close:
+                self._conn.close()
+                self._conn = None
+            return
+        self._conn.close()
+        self._conn = None
+        if resp.status in (408, 429) or resp.status >= 500:
+            raise _Retry(f"HTTP {resp.status} {resp.reason}", _retry_after(resp.getheader("Retry-After")))
+        raise _Refused(f"HTTP {resp.status} {resp.reason}")
+

@@ -1,0 +1,195 @@
+"""``ava runs list`` and ``ava runs show ID [--plot FILE.png]``: what the workspace's runs did.
+
+Example:
+    >>> import tempfile
+    >>> from ava.workspace import Workspace
+    >>> list_runs(Workspace.create(tempfile.mkdtemp()))
+    []
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from ava.errors import UsageError
+from ava.metrics.sinks.jsonl import iter_records
+from ava.workspace import Workspace
+
+_LOSS_NAMES = ("loss", "smoothed_loss", "train_loss")
+_TAIL = 1 << 18
+
+
+@dataclass
+class RunSummary:
+    id: str
+    status: str
+    start_time: str | None
+    duration_s: float | None
+    last_step: int | None
+    last_loss: Any
+
+
+def _parse_time(text: Any) -> _dt.datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        return _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def _tail_records(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of the last part of a metrics file, newest first."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - _TAIL))
+            chunk = fh.read()
+    except FileNotFoundError:
+        return
+    lines = chunk.split(b"\n")
+    if size > _TAIL:
+        lines = lines[1:]  # the first is probably cut
+    for raw in reversed(lines[:-1]):
+        if raw.strip():
+            try:
+                yield json.loads(raw)
+            except ValueError:
+                continue
+
+
+def summarize(run_dir: Path) -> RunSummary:
+    try:
+        doc = json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        doc = {}
+    start, stop = _parse_time(doc.get("start_time")), _parse_time(doc.get("stop_time"))
+    if start is not None and stop is None and doc.get("status") == "running":
+        stop = _dt.datetime.now(_dt.timezone.utc)
+    last_step = last_loss = None
+    for rec in _tail_records(run_dir / "logs" / "metrics.jsonl"):
+        if "event" in rec:
+            continue
+        if last_step is None and rec.get("step") is not None:
+            last_step = rec["step"]
+        if last_loss is None and rec.get("phase") == "train" and rec.get("name") in _LOSS_NAMES:
+            last_loss = rec["value"]
+        if last_step is not None and last_loss is not None:
+            break
+    return RunSummary(run_dir.name, doc.get("status", "unknown"), doc.get("start_time"),
+                      (stop - start).total_seconds() if start and stop else None, last_step, last_loss)
+
+
+def list_runs(ws: Workspace) -> list[RunSummary]:
+    if not ws.runs_dir.is_dir():
+        return []
+    return [summarize(d) for d in sorted(ws.runs_dir.iterdir()) if d.is_dir()]
+
+
+def last_values(path: Path) -> dict[tuple[str, str], tuple[int | None, Any]]:
+    """(phase, name) -> (step, value) of the last record of each metric."""
+    out: dict[tuple[str, str], tuple[int | None, Any]] = {}
+    for rec in iter_records(path):
+        if "event" not in rec:
+            out[(rec.get("phase") or "train", rec["name"])] = (rec.get("step"), rec["value"])
+    return out
+
+
+def plot(path: Path, out: Path) -> int:
+    """Draw each metric against step (train, val and test on the same axes); returns the panel count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    for rec in iter_records(path):
+        if "event" in rec or rec.get("step") is None:
+            continue
+        value = float(rec["value"])  # "nan"/"inf" strings parse as floats too
+        xs, ys = series.setdefault(rec["name"], {}).setdefault(rec.get("phase") or "train", ([], []))
+        xs.append(rec["step"])
+        ys.append(value)
+    if not series:
+        raise UsageError(f"{path} holds no metrics to plot")
+    names = sorted(series)
+    cols = min(3, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.5 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        for phase, (xs, ys) in sorted(series[name].items()):
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=phase)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return len(names)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _cmd_list(args: argparse.Namespace, ws: Workspace) -> int:
+    runs = list_runs(ws)
+    if not runs:
+        print(f"no runs in {ws.runs_dir}")
+        return 0
+    rows = [("ID", "STATUS", "START", "DURATION", "LAST STEP", "LAST LOSS")]
+    for r in runs:
+        duration = f"{r.duration_s:.1f}s" if r.duration_s is not None else "-"
+        rows.append((r.id, r.status, r.start_time or "-", duration, _fmt(r.last_step), _fmt(r.last_loss)))
+    _print_table(rows)
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace, ws: Workspace) -> int:
+    run_dir = ws.run_dir(args.id)
+    metrics = run_dir / "logs" / "metrics.jsonl"
+    if not run_dir.is_dir():
+        raise UsageError(f"no run {args.id!r} in {ws.runs_dir}; `ava runs list` shows the runs")
+    s = summarize(run_dir)
+    print(f"{s.id}: {s.status}, started {s.start_time or '-'}" + (f", {s.duration_s:.1f}s" if s.duration_s else ""))
+    values = last_values(metrics) if metrics.exists() else {}
+    rows = [("PHASE", "METRIC", "STEP", "LAST VALUE")]
+    rows += [(phase, name, _fmt(step), _fmt(value)) for (phase, name), (step, value) in sorted(values.items())]
+    _print_table(rows)
+    if args.plot:
+        n = plot(metrics, Path(args.plot))
+        print(f"plotted {n} metrics to {args.plot}")
+    return 0
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``runs list`` and ``runs show`` on the CLI's subparsers."""
+    p = subparsers.add_parser("runs", help="list the workspace's training instances, or show one")
+    sub = p.add_subparsers(dest="runs_command", metavar="ACTION")
+    sub.required = True
+    p_list = sub.add_parser("list", help="every instance with status, start, duration, last step and loss")
+    p_list.set_defaults(func=lambda a, env: _cmd_list(a, Workspace.discover(env)))
+    p_show = sub.add_parser("show", help="the last value of each metric; --plot draws the curves")
+    p_show.add_argument("id")
+    p_show.add_argument("--plot", metavar="FILE.png", help="write the metrics against step to this PNG")
+    p_show.set_defaults(func=lambda a, env: _cmd_show(a, Workspace.discover(env)))
