@@ -96,8 +96,9 @@ def encode_records(records: list[dict[str, Any]], instance_id: str) -> bytes:
 
 # --- decoding (the reference server's side) ------------------------------------------------------
 
-def _split_unescaped(text: str, sep: str) -> list[str]:
-    """Split on ``sep`` where it is not escaped by a backslash and not inside double quotes."""
+def _split_unescaped(text: str, sep: str, quotes: bool = True, maxsplit: int = -1) -> list[str]:
+    """Split on ``sep`` where it is not escaped by a backslash (nor, with ``quotes``, inside
+    double quotes: quotes delimit strings only in the field set, they are literal in tags)."""
     parts: list[str] = []
     buf: list[str] = []
     in_quotes = False
@@ -108,9 +109,9 @@ def _split_unescaped(text: str, sep: str) -> list[str]:
             buf.append(text[i : i + 2])
             i += 2
             continue
-        if ch == '"':
+        if ch == '"' and quotes:
             in_quotes = not in_quotes
-        elif ch == sep and not in_quotes:
+        elif ch == sep and not in_quotes and maxsplit != len(parts):
             parts.append("".join(buf))
             buf = []
             i += 1
@@ -162,10 +163,14 @@ def decode_line(line: str) -> dict[str, Any]:
     """
     line = line.strip()
     plain = "\\" not in line and '"' not in line  # the common case: split without a scanner
-    sections = line.split(" ") if plain else [s for s in _split_unescaped(line, " ") if s != ""]
+    if plain:
+        sections = line.split(" ")
+    else:
+        head_rest = _split_unescaped(line, " ", quotes=False, maxsplit=1)
+        sections = head_rest[:1] + [s for s in _split_unescaped(head_rest[1], " ") if s != ""] if len(head_rest) == 2 else head_rest
     if len(sections) not in (2, 3):
         raise LineProtocolError(f"expected 'measurement,tags fields [timestamp]', got {line[:80]!r}")
-    head = sections[0].split(",") if plain else _split_unescaped(sections[0], ",")
+    head = sections[0].split(",") if plain else _split_unescaped(sections[0], ",", quotes=False)
     measurement = _unescape(head[0])
     tags: dict[str, str] = {}
     for tag in head[1:]:

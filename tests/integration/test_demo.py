@@ -24,3 +24,12 @@ def test_demo_prints_a_done_status_and_metrics(tmp_path):
     assert records and {r["phase"] for r in records} == {"train", "val"}
     val = [r["value"] for r in records if r["phase"] == "val"]
     assert val[-1] > 0.9
+    received = int(re.search(r"^server:\s+http://127\.0\.0\.1:\d+ received (\d+) points$", out.stdout, re.M).group(1))
+    assert received == len(records)
+    run_id = status_path.split("/")[-2]
+    png = tmp_path / "loss.png"
+    shown = subprocess.run([sys.executable, "-m", "ava", "runs", "show", run_id, "--plot", str(png)], cwd=tmp_path,
+                           env={**__import__("os").environ, "AVA_WORKSPACE": str(tmp_path / "demo-workspace")},
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "train  loss" in shown.stdout and png.read_bytes()[:4] == b"\x89PNG"

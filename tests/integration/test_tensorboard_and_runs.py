@@ -1,0 +1,71 @@
+"""TensorBoard event files, and `ava runs list|show --plot` on a real run."""
+
+import struct
+
+import pytest
+
+from ava.cli import main
+from ava.train import base as train
+
+pytestmark = pytest.mark.integration
+
+
+def read_scalars(logdir):
+    """(tag, step, value) from tensorboardX event files, reading the TFRecord framing directly."""
+    from tensorboardX.proto import event_pb2
+
+    out = []
+    for path in sorted(logdir.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack_from("<Q", data, pos)
+            payload = data[pos + 12 : pos + 12 + length]
+            pos += 12 + length + 4
+            event = event_pb2.Event.FromString(payload)
+            for v in event.summary.value:
+                out.append((v.tag, event.step, v.simple_value))
+    return out
+
+
+def test_tensorboard_sink_writes_scalars(ws, monkeypatch):
+    monkeypatch.setenv("AVA_TENSORBOARD", "1")
+    monkeypatch.setenv("AVA_WORKSPACE", str(ws.root))
+    ins = train.TrainInstance("tb", setup_logging=False)
+    for i in range(5):
+        ins.log_metrics({"loss": 1.0 / (i + 1)}, step=i)
+    ins.log_metrics({"accuracy": 0.75}, step=4, phase="val")
+    ins.done()
+    scalars = read_scalars(ws.root / "run" / "tb" / "logs" / "tensorboard")
+    assert [(t, s) for t, s, _ in scalars if t == "train/loss"] == [(f"train/loss", i) for i in range(5)]
+    assert ("val/accuracy", 4, 0.75) in scalars
+
+
+def test_runs_list_show_and_plot(ws, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("AVA_WORKSPACE", str(ws.root))
+    ins = train.TrainInstance("curves", setup_logging=False)
+    for i in range(50):
+        ins.log_metrics({"loss": 2.0 / (i + 1), "lr": 0.1}, step=i, epoch=i // 10, batch=i % 10)
+        if i % 10 == 9:
+            ins.log_metrics({"loss": 1.5 / (i + 1), "accuracy": 0.5 + i / 100}, step=i, epoch=i // 10, phase="val")
+    ins.log_metrics({"loss": float("nan")}, step=50, phase="test")
+    ins.done()
+    failed = train.TrainInstance("broken", setup_logging=False)
+    failed.done(err_msg="boom")
+
+    assert main(["runs", "list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["ID", "STATUS", "START", "DURATION", "LAST", "STEP", "LAST", "LOSS"]
+    row = next(line.split() for line in out if line.startswith("curves"))
+    assert row[1] == "done" and row[4] == "50" and row[5] == "0.04"
+    assert next(line.split() for line in out if line.startswith("broken"))[1] == "failed"
+
+    png = tmp_path / "out.png"
+    assert main(["runs", "show", "curves", "--plot", str(png)]) == 0
+    shown = capsys.readouterr().out
+    assert "val    accuracy  49    0.99" in shown and "test   loss      50    nan" in shown
+    assert "plotted 3 metrics" in shown
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+    assert main(["runs", "show", "nope"]) == 2
+    assert "no run 'nope'" in capsys.readouterr().err
