@@ -80,6 +80,13 @@ class Faults:
         return self.mode
 
 
+def _value_text(value: Any) -> str:
+    """A value as JSON text (SQLite would turn NaN into NULL, so values are stored as text)."""
+    if type(value) is float and value - value == 0.0:
+        return repr(value)
+    return json.dumps(to_json_number(value))
+
+
 class Store:
     """The server's SQLite database (used from the IOLoop thread only)."""
 
@@ -93,8 +100,7 @@ class Store:
     def add_points(self, instance_id: str, points: list[dict[str, Any]]) -> int:
         rows = [
             (p["id"] or instance_id, p["rank"] if p["rank"] is not None else 0, p["seq"], p["name"], p["phase"],
-             p["step"], p["epoch"], p["batch"], p["net"], json.dumps(to_json_number(p["value"])), p["ts_ns"],
-             p["measurement"])
+             p["step"], p["epoch"], p["batch"], p["net"], _value_text(p["value"]), p["ts_ns"], p["measurement"])
             for p in points
         ]
         with self.lock:

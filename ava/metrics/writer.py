@@ -189,7 +189,7 @@ class MetricsWriter:
                 with self._cond:
                     self._abandon = True
                     self._cond.notify_all()
-        drained = not self._thread.is_alive() and self._done == self._enqueued
+        drained = self._done == self._enqueued
         if not drained and not already:
             log.warning(
                 "metric writer: %d buffered calls not written within %.1f s; they are lost with this process",

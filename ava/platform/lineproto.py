@@ -69,29 +69,54 @@ def _field_value(value: Any) -> str:
 
 def encode_record(record: dict[str, Any], instance_id: str) -> str:
     """One metric record (CONTRACT.md section 5) as one line, without the newline."""
-    phase = record.get("phase") or "train"
-    name = record["name"]
-    tags = [("job_type", JOB_TYPE), ("id", instance_id)]
-    for key in ("epoch", "batch", "rank"):
-        if record.get(key) is not None:
-            tags.append((key, str(record[key])))
-    tags.append(("phase", phase))
-    tags.append(("name", name))
-    if record.get("net") is not None:
-        tags.append(("net", str(record["net"])))
-    tag_text = ",".join(f"{k}={_escape_tag(v)}" for k, v in tags if v != "")
-    fields = [f"value={_field_value(record['value'])}"]
-    if record.get("seq") is not None:
-        fields.append(f"seq={int(record['seq'])}i")
-    if record.get("step") is not None:
-        fields.append(f"step={int(record['step'])}i")
-    ts_ns = int(round(float(record.get("ts") or 0.0) * 1_000_000)) * 1000
-    return f"{_escape_measurement(measurement_for(name, phase))},{tag_text} {','.join(fields)} {ts_ns}"
+    return _Encoder(instance_id).line(record)
 
 
 def encode_records(records: list[dict[str, Any]], instance_id: str) -> bytes:
     """Metric records as a request body (events are skipped)."""
-    return "".join(encode_record(r, instance_id) + "\n" for r in records if "event" not in r).encode("utf-8")
+    enc = _Encoder(instance_id)
+    return "".join([enc.line(r) + "\n" for r in records if "event" not in r]).encode("utf-8")
+
+
+class _Encoder:
+    """Encodes records of one instance, caching the parts that repeat (measurement, name tags)."""
+
+    def __init__(self, instance_id: str) -> None:
+        self._head = f",job_type={JOB_TYPE},id={_escape_tag(instance_id)}"
+        self._cache: dict[tuple[str, str], tuple[str, str]] = {}
+
+    def line(self, record: dict[str, Any]) -> str:
+        name = record["name"]
+        phase = record.get("phase") or "train"
+        parts = self._cache.get((name, phase))
+        if parts is None:
+            parts = self._cache[(name, phase)] = (
+                _escape_measurement(measurement_for(name, phase)) + self._head,
+                f",phase={_escape_tag(phase)},name={_escape_tag(name)}",
+            )
+        tags = parts[0]
+        epoch, batch, rank, net = record.get("epoch"), record.get("batch"), record.get("rank"), record.get("net")
+        if epoch is not None:
+            tags += f",epoch={epoch}"
+        if batch is not None:
+            tags += f",batch={batch}"
+        if rank is not None:
+            tags += f",rank={rank}"
+        tags += parts[1]
+        if net is not None:
+            tags += f",net={net}"
+        value = record["value"]
+        if type(value) is float and value - value == 0.0:  # finite
+            fields = f"value={value!r}"
+        else:
+            fields = f"value={_field_value(value)}"
+        seq, step = record.get("seq"), record.get("step")
+        if seq is not None:
+            fields += f",seq={int(seq)}i"
+        if step is not None:
+            fields += f",step={int(step)}i"
+        ts_ns = int(round(float(record.get("ts") or 0.0) * 1_000_000)) * 1000
+        return f"{tags} {fields} {ts_ns}"
 
 
 # --- decoding (the reference server's side) ------------------------------------------------------
@@ -139,12 +164,12 @@ def _unescape(text: str) -> str:
 
 
 def _parse_field(raw: str) -> Any:
+    if raw[-1:] == "i" and raw[:-1].lstrip("-").isdigit():
+        return int(raw[:-1])
     if raw.startswith('"'):
         if len(raw) < 2 or not raw.endswith('"'):
             raise LineProtocolError(f"unterminated string field {raw!r}")
         return _unescape(raw[1:-1])
-    if raw.endswith("i") and raw[:-1].lstrip("-").isdigit():
-        return int(raw[:-1])
     if raw in ("true", "t", "T", "True", "TRUE"):
         return True
     if raw in ("false", "f", "F", "False", "FALSE"):
@@ -155,6 +180,16 @@ def _parse_field(raw: str) -> Any:
         raise LineProtocolError(f"bad field value {raw!r}") from None
 
 
+def _int_tag(tags: dict[str, str], key: str) -> int | None:
+    value = tags.get(key)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
 def decode_line(line: str) -> dict[str, Any]:
     """Parse one line back into a record-like dict (``name``, ``phase``, ``value``, ...).
 
@@ -162,31 +197,43 @@ def decode_line(line: str) -> dict[str, Any]:
         LineProtocolError: the line is malformed.
     """
     line = line.strip()
-    plain = "\\" not in line and '"' not in line  # the common case: split without a scanner
-    if plain:
+    if "\\" not in line and '"' not in line:  # the common case: plain splits, no scanner
         sections = line.split(" ")
+        if len(sections) not in (2, 3):
+            raise LineProtocolError(f"expected 'measurement,tags fields [timestamp]', got {line[:80]!r}")
+        head = sections[0].split(",")
+        field_items = sections[1].split(",")
+        plain = True
     else:
         head_rest = _split_unescaped(line, " ", quotes=False, maxsplit=1)
-        sections = head_rest[:1] + [s for s in _split_unescaped(head_rest[1], " ") if s != ""] if len(head_rest) == 2 else head_rest
-    if len(sections) not in (2, 3):
-        raise LineProtocolError(f"expected 'measurement,tags fields [timestamp]', got {line[:80]!r}")
-    head = sections[0].split(",") if plain else _split_unescaped(sections[0], ",", quotes=False)
-    measurement = _unescape(head[0])
-    tags: dict[str, str] = {}
-    for tag in head[1:]:
-        key, sep, value = tag.partition("=")
-        if not sep:
-            raise LineProtocolError(f"tag without '=' in {line[:80]!r}")
-        tags[_unescape(key)] = _unescape(value)
-    fields: dict[str, Any] = {}
-    for field in sections[1].split(",") if plain else _split_unescaped(sections[1], ","):
-        key, sep, value = field.partition("=")
-        if not sep or not key:
-            raise LineProtocolError(f"field without '=' in {line[:80]!r}")
-        fields[_unescape(key)] = _parse_field(value)
+        sections = head_rest[:1]
+        if len(head_rest) == 2:
+            sections += [s for s in _split_unescaped(head_rest[1], " ") if s != ""]
+        if len(sections) not in (2, 3):
+            raise LineProtocolError(f"expected 'measurement,tags fields [timestamp]', got {line[:80]!r}")
+        head = _split_unescaped(sections[0], ",", quotes=False)
+        field_items = _split_unescaped(sections[1], ",")
+        plain = False
+    measurement = head[0] if plain else _unescape(head[0])
+    try:
+        pairs = [t.split("=", 1) for t in head[1:]]
+        tags = dict(pairs) if plain else {_unescape(k): _unescape(v) for k, v in pairs}
+    except ValueError:
+        raise LineProtocolError(f"tag without '=' in {line[:80]!r}") from None
+    try:
+        fields = {(k if plain else _unescape(k)): _parse_field(v) for k, v in (f.split("=", 1) for f in field_items)}
+    except LineProtocolError:
+        raise
+    except ValueError:
+        raise LineProtocolError(f"field without '=' in {line[:80]!r}") from None
+    if "" in fields:
+        raise LineProtocolError(f"field without a name in {line[:80]!r}")
     if "value" not in fields:
         raise LineProtocolError(f"no 'value' field in {line[:80]!r}")
-    ts_ns = int(sections[2]) if len(sections) == 3 else None
+    try:
+        ts_ns = int(sections[2]) if len(sections) == 3 else None
+    except ValueError:
+        raise LineProtocolError(f"bad timestamp in {line[:80]!r}") from None
     value = fields["value"]
     if isinstance(value, str) and value in ("nan", "inf", "-inf"):
         value = float(value)
@@ -196,10 +243,10 @@ def decode_line(line: str) -> dict[str, Any]:
         "id": tags.get("id"),
         "name": name,
         "phase": tags.get("phase", "train"),
-        "epoch": int(tags["epoch"]) if tags.get("epoch", "").lstrip("-").isdigit() else None,
-        "batch": int(tags["batch"]) if tags.get("batch", "").lstrip("-").isdigit() else None,
-        "rank": int(tags["rank"]) if tags.get("rank", "").lstrip("-").isdigit() else None,
-        "net": int(tags["net"]) if tags.get("net", "").lstrip("-").isdigit() else None,
+        "epoch": _int_tag(tags, "epoch"),
+        "batch": _int_tag(tags, "batch"),
+        "rank": _int_tag(tags, "rank"),
+        "net": _int_tag(tags, "net"),
         "seq": fields.get("seq"),
         "step": fields.get("step"),
         "value": value,

@@ -55,6 +55,9 @@ TRAIN_INS_STATUS_RUNNING = "running"
 TRAIN_INS_STATUS_DONE = STATUS_DONE
 TRAIN_INS_STATUS_FAIL = STATUS_FAILED
 
+#: The most done() waits for metrics to reach metrics.jsonl (a stalled disk), before the network budget.
+LOCAL_FLUSH_TIMEOUT = 60.0
+
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _live: "weakref.WeakSet[TrainInstance]" = weakref.WeakSet()
 
@@ -276,7 +279,11 @@ class TrainInstance:
         return (self._status_doc or {}).get("status", "unknown")
 
     def done(self, err_msg: str = "", *, exit_code: int | None = None, timeout: float | None = None) -> None:
-        """Finish the instance: flush metrics (bounded by ``AVA_DONE_TIMEOUT``), then write the status.
+        """Finish the instance: write buffered metrics, wait for delivery, then write the status.
+
+        Writing ``metrics.jsonl`` may take up to :data:`LOCAL_FLUSH_TIMEOUT` seconds (only a
+        stalled disk takes that long); delivery to the platform at most ``timeout`` seconds
+        (``AVA_DONE_TIMEOUT``, default 10), after which the rest waits for the next run.
 
         ``done`` with an empty ``err_msg`` is a success; a non-empty one marks it ``failed``.
         Calling it again does nothing.
@@ -288,9 +295,11 @@ class TrainInstance:
             if self._status_doc is None or self._status_doc.get("status") in FINAL_STATUSES:
                 return
             budget = self._env.done_timeout if timeout is None else timeout
+            # Writing the local record is not network work: it gets its own bound, so a short
+            # AVA_DONE_TIMEOUT never costs records that are already in memory.
+            if self._writer is not None and not self._writer.close(timeout=LOCAL_FLUSH_TIMEOUT + budget):
+                log.warning("instance %s: metrics not fully written to %s", self.training_ins_id, self.metrics_path)
             end = time.monotonic() + budget
-            if self._writer is not None and not self._writer.close(timeout=budget):
-                log.warning("instance %s: metrics not fully written within %.1f s", self.training_ins_id, budget)
             if self._http is not None:
                 if not self._http.wait(end - time.monotonic()):
                     log.warning("instance %s: %d bytes of metrics not delivered to %s within %.1f s; they stay in "

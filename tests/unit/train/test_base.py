@@ -157,6 +157,7 @@ def test_done_is_bounded_when_metrics_cannot_be_written(ws, monkeypatch):
         return real_write(self, records)
 
     monkeypatch.setattr(JsonlSink, "write", stuck)
+    monkeypatch.setattr(train, "LOCAL_FLUSH_TIMEOUT", 0.5)  # a stalled disk, shortened for the test
     ins = open_instance(ws)
     ins.log_metrics({"loss": 1.0}, step=1)
     t0 = time.monotonic()
