@@ -199,17 +199,17 @@ class HttpSink(Sink):
     def _save_offset(self) -> None:
         atomic_write_text(self.offset_path, json.dumps({"offset": self.offset, "url": self.base_url}) + "\n")
 
-    def _read_batch(self) -> tuple[list[dict[str, Any]], int]:
-        """Records from ``self.offset`` (whole lines only) and the offset after them."""
+    def _prepare(self, offset: int) -> tuple[bytes, int, int] | None:
+        """(request body, records in it, offset after them) for whole lines from ``offset``."""
         try:
             with open(self.jsonl_path, "rb") as fh:
-                fh.seek(self.offset)
+                fh.seek(offset)
                 chunk = fh.read(_READ_CHUNK)
         except FileNotFoundError:
-            return [], self.offset
+            return None
         end = chunk.rfind(b"\n")
         if end < 0:
-            return [], self.offset
+            return None
         records: list[dict[str, Any]] = []
         pos = 0
         while pos <= end:
@@ -220,23 +220,29 @@ class HttpSink(Sink):
                 try:
                     records.append(json.loads(line))
                 except ValueError:
-                    log.warning("skipping an unreadable line of %s at byte %d", self.jsonl_path.name, self.offset + pos)
+                    log.warning("skipping an unreadable line of %s at byte %d", self.jsonl_path.name, offset + pos)
             if len(records) >= self._batch:
                 break
-        return records, self.offset + pos
+        return encode_records(records, self.instance_id), len(records), offset + pos
 
     def _run(self) -> None:
         attempt = 0
+        batch: tuple[bytes, int, int] | None = None
         while not self._stop.is_set():
-            records, new_offset = self._read_batch()
-            if new_offset == self.offset:
-                self._wake.wait(0.5)
-                self._wake.clear()
-                continue
-            body = encode_records(records, self.instance_id)
+            if batch is None:
+                batch = self._prepare(self.offset)
+                if batch is None:
+                    self._wake.wait(0.5)
+                    self._wake.clear()
+                    continue
+            body, count, new_offset = batch
+            following: tuple[bytes, int, int] | None = None
             try:
                 if body:
-                    self._post(body)
+                    self._send(body)
+                    # Pipelining: read and encode the next batch while the server handles this one.
+                    following = self._prepare(new_offset)
+                    self._receive()
             except _Refused as exc:
                 self.refused = True
                 log.error("the metric endpoint %s refused the records (%s); stopping delivery for this process, "
@@ -257,14 +263,15 @@ class HttpSink(Sink):
                 if exc.retry_after is not None:
                     delay = max(delay, min(exc.retry_after, self._max_backoff * 4))
                 self._stop.wait(delay)
-                continue
+                continue  # the same batch again
             if self._failing_since is not None:
                 log.info("metric delivery to %s works again after %.1f s", self.base_url,
                          time.monotonic() - self._failing_since)
                 self._failing_since = None
             attempt = 0
-            self.delivered += len(records)
+            self.delivered += count
             self.offset = new_offset
+            batch = following
             try:
                 self._save_offset()
             except OSError as exc:
@@ -272,19 +279,29 @@ class HttpSink(Sink):
             with self._cond:
                 self._cond.notify_all()
 
-    def _post(self, body: bytes) -> None:
+    def _fail(self, exc: BaseException) -> _Retry:
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = None
+        if isinstance(exc, socket.gaierror):
+            return _Retry(f"cannot resolve the host: {exc}")
+        return _Retry(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+    def _send(self, body: bytes) -> None:
         if self._conn is None:
             self._conn = self._conn_cls(*self._conn_args)
         try:
             self._conn.request("POST", self.path, body=body, headers={"Content-Type": "text/plain; charset=utf-8"})
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._fail(exc) from None
+
+    def _receive(self) -> None:
+        assert self._conn is not None
+        try:
             resp = self._conn.getresponse()
             resp.read()
         except (OSError, http.client.HTTPException) as exc:
-            self._conn.close()
-            self._conn = None
-            if isinstance(exc, socket.gaierror):
-                raise _Retry(f"cannot resolve the host: {exc}") from None
-            raise _Retry(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
+            raise self._fail(exc) from None
         if 200 <= resp.status < 300:
             if resp.will_close:
                 self._conn.close()
@@ -295,4 +312,3 @@ class HttpSink(Sink):
         if resp.status in (408, 429) or resp.status >= 500:
             raise _Retry(f"HTTP {resp.status} {resp.reason}", _retry_after(resp.getheader("Retry-After")))
         raise _Refused(f"HTTP {resp.status} {resp.reason}")
-
