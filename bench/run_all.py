@@ -7,6 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_http  # noqa: E402
 import bench_import  # noqa: E402
 import bench_log_metrics  # noqa: E402
 import bench_mp_log  # noqa: E402
@@ -21,6 +22,9 @@ def main() -> int:
     ok &= res["ratio"] >= 0.8 and res["lost_ava"] == 0
     print("\n== import time ==")
     ok &= not bench_import.main()["heavy"]
+    print("\n== platform reporting ==")
+    res = bench_http.main()
+    ok &= res["overhead_median"] <= 0.10 and res["batched_rps"] >= 50_000
     print("\nall targets met" if ok else "\nSOME TARGETS MISSED")
     return 0 if ok else 1
 
