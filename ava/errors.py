@@ -68,3 +68,11 @@ class UsageError(AvaError, ValueError):
 
 class PlatformError(AvaError, RuntimeError):
     """The platform API refused a request or could not be reached within the time allowed."""
+
+
+class StorageError(AvaError, OSError):
+    """A storage backend failed (the message names the URL and what to do)."""
+
+
+class ObjectNotFoundError(StorageError, FileNotFoundError):
+    """No object (or file) at that storage URL."""

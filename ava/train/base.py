@@ -26,7 +26,7 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from ava.env import Env
 from ava.errors import AvaError, InstanceError, UsageError
@@ -38,6 +38,8 @@ from ava.metrics.sinks.tensorboard import TensorBoardSink
 from ava.metrics.writer import MetricsWriter
 from ava.monitor import FRAMEWORKS
 from ava.params.params import Params
+from ava.snapshot import SnapshotUploader
+from ava.storage.base import join_url
 from ava.train.platform_link import PlatformLink
 from ava.train.status import (
     FINAL_STATUSES,
@@ -155,6 +157,7 @@ class TrainInstance:
             sink.close()
             raise
         self._http: HttpSink | None = None
+        self._uploader: SnapshotUploader | None = None
         sinks: list[Sink] = [sink, *self._extra_sinks(config_dir, tensorboard)]
         self._writer = MetricsWriter(sinks, rank=self.rank, start_seq=start_seq, max_buffer=max_buffer,
                                      atexit_timeout=self._env.done_timeout)
@@ -252,6 +255,34 @@ class TrainInstance:
             raise InstanceError("this training instance was not opened")
         return self._writer
 
+    # --- snapshots -------------------------------------------------------------------------
+    @property
+    def storage_url(self) -> str:
+        """Where this instance's snapshots go: ``<AVA_STORAGE_URL or file://<workspace>/storage>/<id>``."""
+        base = self._env.storage_url or f"file://{self.workspace.root / 'storage'}"
+        return join_url(base, self.training_ins_id)
+
+    @property
+    def snapshot_uploader(self) -> SnapshotUploader:
+        """The background uploader of this instance (started on first use)."""
+        if self._uploader is None:
+            self._uploader = SnapshotUploader(
+                join_url(self.storage_url, "snapshots"), self.run_dir / "snapshots.json",
+                on_metrics=lambda m: self.log_metrics(m, step=None),
+            )
+        return self._uploader
+
+    def save_snapshot(self, files: Sequence[str | Path], name: str, meta: Mapping[str, Any] | None = None,
+                      step: int | None = None) -> str:
+        """Hand a snapshot's files to the background uploader; returns at once.
+
+        The files are uploaded under ``<storage_url>/snapshots/<name>/``; ``LATEST`` moves to
+        ``name`` once all of them are confirmed. Local files are never deleted.
+        """
+        key = self.snapshot_uploader.submit(files, name, dict(meta or {}))
+        self.log_event("snapshot", step=step, name=name, files=[str(f) for f in files])
+        return key
+
     # --- framework callbacks ---------------------------------------------------------------
     def get_monitor_callback(self, framework: str, **kwargs: Any) -> Callable[..., Any]:
         """The batch-level monitor callback for ``framework`` (``mxnet``, ``caffe``, ``torch``)."""
@@ -295,11 +326,18 @@ class TrainInstance:
             if self._status_doc is None or self._status_doc.get("status") in FINAL_STATUSES:
                 return
             budget = self._env.done_timeout if timeout is None else timeout
+            end = time.monotonic() + budget
+            # Uploads first: their upload_bytes/upload_seconds records still reach the writer.
+            if self._uploader is not None:
+                if not self._uploader.wait(budget):
+                    log.warning("instance %s: snapshots %s not uploaded within %.1f s; their files are kept and the "
+                                "next run of this instance uploads them", self.training_ins_id,
+                                ", ".join(self._uploader.pending()), budget)
+                self._uploader.close()
             # Writing the local record is not network work: it gets its own bound, so a short
             # AVA_DONE_TIMEOUT never costs records that are already in memory.
             if self._writer is not None and not self._writer.close(timeout=LOCAL_FLUSH_TIMEOUT + budget):
                 log.warning("instance %s: metrics not fully written to %s", self.training_ins_id, self.metrics_path)
-            end = time.monotonic() + budget
             if self._http is not None:
                 if not self._http.wait(end - time.monotonic()):
                     log.warning("instance %s: %d bytes of metrics not delivered to %s within %.1f s; they stay in "

@@ -202,3 +202,35 @@ def test_run_log_is_set_up_by_default(ws):
         h.flush()
     text = (ws.root / "run" / "with-log" / "logs" / "run.log").read_text()
     assert "epoch 1 finished" in text and "training instance with-log started" in text
+
+
+def test_save_snapshot_uploads_to_the_default_storage_before_done_returns(ws):
+    ins = open_instance(ws, "snap")
+    out = ins.output_dir
+    (out / "model-0001.params").write_bytes(b"p" * 5000)
+    ins.save_snapshot([out / "model-0001.params"], "epoch-0001", {"epoch": 1}, step=10)
+    ins.done()
+    stored = ws.root / "storage" / "snap" / "snapshots"
+    assert (stored / "epoch-0001" / "model-0001.params").read_bytes() == b"p" * 5000
+    assert (stored / "LATEST").read_text() == "epoch-0001"
+    assert (out / "model-0001.params").exists()
+    recs = list(iter_records(ins.metrics_path))
+    assert {"event": "snapshot", "name": "epoch-0001", "step": 10}.items() <= recs[0].items()
+    assert {r.get("name") for r in recs[1:]} == {"upload_bytes", "upload_seconds"}
+
+
+def test_done_does_not_wait_forever_for_uploads(ws, monkeypatch):
+    from ava.storage import registry
+
+    monkeypatch.setitem(registry.BACKENDS, "down", ("tests.unit.test_snapshot:DownStorage", ""))
+    ins = train.TrainInstance("down", workspace=ws.root, setup_logging=False,
+                              env={"AVA_STORAGE_URL": f"down://{ws.root}/remote", "AVA_DONE_TIMEOUT": "0.5"})
+    (ins.output_dir / "w.bin").write_bytes(b"w")
+    ins.save_snapshot([ins.output_dir / "w.bin"], "s1")
+    t0 = time.monotonic()
+    ins.done()
+    assert time.monotonic() - t0 < 5
+    assert status(ins)["status"] == "done" and (ins.output_dir / "w.bin").exists()
+    state = json.loads((ins.run_dir / "snapshots.json").read_text())
+    assert state["snapshots"][0]["state"] == "pending"
+    registry._instances.pop("down", None)

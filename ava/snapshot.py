@@ -1,0 +1,279 @@
+"""SnapshotUploader: snapshots reach storage in the background, and no local file is lost.
+
+``submit(files, key_prefix, meta)`` returns at once. A daemon thread takes snapshots in order,
+waits until each file exists and has stopped growing, uploads each one (retrying with
+exponential backoff and jitter, forever while the process lives), checks the stored size,
+writes ``<prefix>/MANIFEST.json`` and only then moves the ``LATEST`` pointer. Local files are
+deleted only when asked, and only after their snapshot is confirmed. What was submitted but not
+confirmed is kept in a state file, so the next process of the same instance uploads it.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "model.bin").write_bytes(b"w" * 10)
+    >>> up = SnapshotUploader(f"file://{d}/storage", d / "state.json", stable_seconds=0.01)
+    >>> up.submit([d / "model.bin"], "epoch-0001")
+    'epoch-0001'
+    >>> up.wait(10), (d / "storage" / "LATEST").read_text()
+    (True, 'epoch-0001')
+    >>> up.close()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ava.errors import AvaError, ObjectNotFoundError, UsageError
+from ava.storage.base import join_url
+from ava.storage.registry import get_storage
+from ava.utils.fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+PENDING, DONE, FAILED = "pending", "done", "failed"
+MANIFEST = "MANIFEST.json"
+LATEST = "LATEST"
+
+
+class SnapshotUploader:
+    """Upload snapshots in the background, in order, with a manifest and a ``LATEST`` pointer.
+
+    Args:
+        storage_url: where snapshots go; each one under ``<storage_url>/<key_prefix>/``.
+        state_file: where unconfirmed snapshots are remembered across processes.
+        on_metrics: called with ``{"upload_bytes": n, "upload_seconds": s}`` per snapshot.
+        stable_seconds: a file counts as complete once its size and mtime hold this long.
+        missing_timeout: how long to wait for a file that does not exist yet.
+        max_backoff: the longest pause between retries.
+        delete_local: delete local files once their snapshot is confirmed.
+        keep_local: keep the local files of only the newest N confirmed snapshots.
+    """
+
+    def __init__(self, storage_url: str, state_file: Path | str, *,
+                 on_metrics: Callable[[dict[str, float]], None] | None = None,
+                 stable_seconds: float = 0.5, missing_timeout: float = 600.0, max_backoff: float = 30.0,
+                 delete_local: bool = False, keep_local: int | None = None) -> None:
+        self.storage_url = storage_url.rstrip("/")
+        self.storage = get_storage(storage_url)
+        self.state_file = Path(state_file)
+        self._on_metrics = on_metrics
+        self._stable = stable_seconds
+        self._missing_timeout = missing_timeout
+        self._max_backoff = max_backoff
+        self._delete_local = delete_local
+        self._keep_local = keep_local
+        self._cond = threading.Condition()
+        self._stop = False
+        self._snapshots: list[dict[str, Any]] = self._load_state()
+        self._thread = threading.Thread(target=self._run, name="ava-snapshot-uploader", daemon=True)
+        self._thread.start()
+
+    # --- the caller's side -------------------------------------------------------------
+    def submit(self, files: Sequence[str | Path], key_prefix: str, meta: dict[str, Any] | None = None) -> str:
+        """Queue one snapshot (its files, uploaded under ``key_prefix``); returns at once."""
+        key_prefix = key_prefix.strip("/")
+        if not key_prefix or ".." in key_prefix.split("/"):
+            raise UsageError(f"snapshot key prefix {key_prefix!r} must be a non-empty relative path without '..'")
+        paths = [str(Path(f).absolute()) for f in files]
+        if not paths:
+            raise UsageError(f"snapshot {key_prefix!r} has no files")
+        names = [Path(p).name for p in paths]
+        if len(set(names)) != len(names):
+            raise UsageError(f"snapshot {key_prefix!r} has two files with the same name: {sorted(names)}")
+        entry = {"id": key_prefix, "files": paths, "meta": dict(meta or {}), "state": PENDING,
+                 "submitted": time.time()}
+        with self._cond:
+            self._snapshots.append(entry)
+            self._save_state()
+            self._cond.notify_all()
+        return key_prefix
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every submitted snapshot is confirmed or failed; False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while any(s["state"] == PENDING for s in self._snapshots):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(0.5 if remaining is None else min(remaining, 0.5))
+        return True
+
+    def pending(self) -> list[str]:
+        with self._cond:
+            return [s["id"] for s in self._snapshots if s["state"] == PENDING]
+
+    def status(self, key_prefix: str) -> str | None:
+        with self._cond:
+            for s in reversed(self._snapshots):
+                if s["id"] == key_prefix:
+                    return s["state"]
+        return None
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread; unconfirmed snapshots stay in the state file for the next process."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    # --- state -----------------------------------------------------------------------------
+    def _load_state(self) -> list[dict[str, Any]]:
+        try:
+            doc = json.loads(self.state_file.read_text())
+            snaps = [s for s in doc.get("snapshots", []) if isinstance(s, dict) and s.get("id")]
+        except FileNotFoundError:
+            return []
+        except (ValueError, AttributeError) as exc:
+            log.warning("%s is unreadable (%s); earlier unconfirmed snapshots will not be resumed", self.state_file, exc)
+            return []
+        waiting = [s["id"] for s in snaps if s.get("state") == PENDING]
+        if waiting:
+            log.info("resuming the upload of %d snapshot(s) from an earlier process: %s", len(waiting), ", ".join(waiting))
+        return snaps
+
+    def _save_state(self) -> None:
+        atomic_write_text(self.state_file, json.dumps({"storage_url": self.storage_url, "snapshots": self._snapshots},
+                                                      indent=1) + "\n")
+
+    # --- the worker ------------------------------------------------------------------------
+    def _next(self) -> dict[str, Any] | None:
+        with self._cond:
+            while not self._stop:
+                for s in self._snapshots:
+                    if s["state"] == PENDING:
+                        return s
+                self._cond.wait(1.0)
+        return None
+
+    def _sleep(self, seconds: float) -> bool:
+        """Sleep unless stopped; True when stopped."""
+        with self._cond:
+            if not self._stop:
+                self._cond.wait(seconds)
+            return self._stop
+
+    def _run(self) -> None:
+        while True:
+            snap = self._next()
+            if snap is None:
+                return
+            try:
+                self._upload(snap)
+            except _Stopped:
+                return
+            except Exception as exc:  # noqa: BLE001 - a background thread reports, never dies
+                log.exception("snapshot %s: unexpected error %s; it stays pending for the next process", snap["id"], exc)
+                if self._sleep(self._max_backoff):
+                    return
+
+    def _wait_complete(self, path: Path, name: str) -> int | None:
+        """The file's size once it has stopped growing; None if it never appeared in time."""
+        waited = 0.0
+        last: tuple[int, float] | None = None
+        while True:
+            try:
+                st = path.stat()
+                now = (st.st_size, st.st_mtime)
+                if now == last:
+                    return st.st_size
+                last = now
+            except FileNotFoundError:
+                if waited >= self._missing_timeout:
+                    return None
+            if self._sleep(self._stable):
+                raise _Stopped()
+            waited += self._stable
+
+    def _with_retries(self, what: str, fn: Callable[[], Any]) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except (AvaError, OSError) as exc:
+                attempt += 1
+                delay = random.uniform(0.5, 1.0) * min(self._max_backoff, 0.5 * 2 ** min(attempt, 16))
+                level = logging.WARNING if attempt in (1, 5) or attempt % 20 == 0 else logging.DEBUG
+                log.log(level, "%s failed (attempt %d: %s); retrying in %.1f s, the local file is kept",
+                        what, attempt, exc, delay)
+                if self._sleep(delay):
+                    raise _Stopped() from None
+
+    def _upload(self, snap: dict[str, Any]) -> None:
+        prefix_url = join_url(self.storage_url, snap["id"])
+        started = time.monotonic()
+        entries = []
+        total = 0
+        for f in snap["files"]:
+            path = Path(f)
+            size = self._wait_complete(path, snap["id"])
+            if size is None:
+                self._finish(snap, FAILED, f"{path} did not appear within {self._missing_timeout:.0f} s")
+                return
+            url = join_url(prefix_url, path.name)
+            info = self._with_retries(f"upload of {path} to {url}", lambda: self.storage.upload(path, url))
+            if info.size != size:
+                # The file changed while we uploaded it: try this snapshot again from the start.
+                log.warning("snapshot %s: %s changed during upload (%d -> %d bytes); uploading it again",
+                            snap["id"], path, size, info.size)
+                return
+            entries.append({"name": path.name, "size": info.size, "etag": info.etag})
+            total += info.size
+        manifest = {"id": snap["id"], "files": entries, "meta": snap["meta"], "completed": time.time()}
+        self._with_retries(f"manifest of {snap['id']}",
+                           lambda: self.storage.put_text(json.dumps(manifest, indent=1), join_url(prefix_url, MANIFEST)))
+        self._with_retries(f"LATEST pointer to {snap['id']}",
+                           lambda: self.storage.put_text(snap["id"], join_url(self.storage_url, LATEST)))
+        seconds = time.monotonic() - started
+        self._finish(snap, DONE, None)
+        log.info("snapshot %s uploaded: %d files, %d bytes in %.2f s", snap["id"], len(entries), total, seconds)
+        if self._on_metrics is not None:
+            try:
+                self._on_metrics({"upload_bytes": total, "upload_seconds": seconds})
+            except AvaError as exc:
+                log.debug("upload metrics not recorded: %s", exc)
+        self._prune_local()
+
+    def _finish(self, snap: dict[str, Any], state: str, error: str | None) -> None:
+        with self._cond:
+            snap["state"] = state
+            if error:
+                snap["error"] = error
+                log.error("snapshot %s failed: %s; nothing of it was deleted", snap["id"], error)
+            self._save_state()
+            self._cond.notify_all()
+
+    def _prune_local(self) -> None:
+        done = [s for s in self._snapshots if s["state"] == DONE and not s.get("local_deleted")]
+        doomed = done if self._delete_local else (done[:-self._keep_local] if self._keep_local else [])
+        if self._keep_local is not None and self._keep_local <= 0:
+            doomed = done
+        for snap in doomed:
+            for f in snap["files"]:
+                try:
+                    Path(f).unlink()
+                except FileNotFoundError:
+                    pass
+            snap["local_deleted"] = True
+        if doomed:
+            with self._cond:
+                self._save_state()
+
+
+class _Stopped(Exception):
+    """close() was called while the worker waited."""
+
+
+def read_latest(storage_url: str) -> str | None:
+    """The key prefix ``LATEST`` points to, or None when nothing was confirmed yet."""
+    store = get_storage(storage_url)
+    try:
+        return store.get_text(join_url(storage_url, LATEST)).strip() or None
+    except ObjectNotFoundError:
+        return None

@@ -1,0 +1,1 @@
+"""Object storage by URL scheme: ``get_storage(url)`` (see registry.py)."""

@@ -1,0 +1,43 @@
+"""Backends by URL scheme, imported on first use (the fsspec way): ``get_storage(url)``.
+
+Example:
+    >>> get_storage("/tmp/somewhere").scheme
+    'file'
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ava.errors import UsageError
+from ava.storage.base import Storage
+
+#: scheme -> (dotted class path, install hint)
+BACKENDS: dict[str, tuple[str, str]] = {
+    "file": ("ava.storage.local:LocalStorage", ""),
+}
+
+_instances: dict[str, Storage] = {}
+
+
+def scheme_of(url: str) -> str:
+    head, sep, _ = url.partition("://")
+    return head.lower() if sep else "file"
+
+
+def get_storage(url: str, **options: Any) -> Storage:
+    """The backend for ``url``'s scheme; a plain path is ``file``."""
+    scheme = scheme_of(url)
+    if scheme not in BACKENDS:
+        raise UsageError(f"unknown storage scheme {scheme!r} in {url!r}; known: {', '.join(sorted(BACKENDS))}")
+    key = scheme if not options else f"{scheme}:{sorted(options.items())}"
+    if key not in _instances:
+        path, hint = BACKENDS[scheme]
+        module_name, _, cls_name = path.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise UsageError(f"{scheme}:// storage needs {exc.name}: {hint}") from None
+        _instances[key] = getattr(module, cls_name)(**options)
+    return _instances[key]

@@ -1,0 +1,50 @@
+import pytest
+
+from ava.errors import ObjectNotFoundError, StorageError, UsageError
+from ava.storage.base import join_url
+from ava.storage.registry import get_storage
+
+
+@pytest.fixture
+def store_url(tmp_path):
+    return f"file://{tmp_path}/bucket"
+
+
+def test_round_trip_stat_list_delete(tmp_path, store_url):
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"abc" * 1000)
+    store = get_storage(store_url)
+    info = store.upload(src, join_url(store_url, "x/a.bin"))
+    assert info.size == 3000 and info.etag == __import__("hashlib").md5(b"abc" * 1000).hexdigest()
+    assert store.exists(join_url(store_url, "x/a.bin"))
+    assert [i.url for i in store.list(join_url(store_url, "x"))] == [join_url(store_url, "x/a.bin")]
+    out = store.download(join_url(store_url, "x/a.bin"), tmp_path / "back" / "a.bin")
+    assert out.read_bytes() == src.read_bytes()
+    store.delete(join_url(store_url, "x/a.bin"))
+    assert not store.exists(join_url(store_url, "x/a.bin"))
+
+
+def test_missing_objects_are_object_not_found(tmp_path, store_url):
+    store = get_storage(store_url)
+    with pytest.raises(FileNotFoundError):
+        store.stat(join_url(store_url, "nope"))
+    with pytest.raises(ObjectNotFoundError, match="no object at"):
+        store.download(join_url(store_url, "nope"), tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ObjectNotFoundError):
+        store.upload(tmp_path / "absent", join_url(store_url, "k"))
+
+
+def test_a_directory_is_not_a_file(tmp_path, store_url):
+    with pytest.raises(StorageError, match="is a directory"):
+        get_storage(store_url).upload(tmp_path, join_url(store_url, "k"))
+
+
+def test_unknown_scheme_lists_known_ones():
+    with pytest.raises(UsageError, match="unknown storage scheme 'gs'.*known: file"):
+        get_storage("gs://bucket/key")
+
+
+def test_relative_file_url_is_refused():
+    with pytest.raises(StorageError, match="not an absolute file:// URL"):
+        get_storage("file://relative/x").stat("file://relative/x")

@@ -1,0 +1,155 @@
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ava.errors import StorageError, UsageError
+from ava.snapshot import SnapshotUploader, read_latest
+from ava.storage import registry
+from ava.storage.local import LocalStorage
+
+
+class FlakyStorage(LocalStorage):
+    """file:// storage behind a flaky:// scheme that fails every other call."""
+
+    scheme = "flaky"
+    calls = 0
+    lock = threading.Lock()
+
+    def path_of(self, url):
+        return super().path_of("file://" + url[len("flaky://"):] if url.startswith("flaky://") else url)
+
+    def url_of(self, path):
+        return f"flaky://{path}"
+
+    def upload(self, local, url):
+        with FlakyStorage.lock:
+            FlakyStorage.calls += 1
+            fail = FlakyStorage.calls % 2 == 1
+        if fail:
+            raise StorageError(f"injected failure uploading {url}")
+        return super().upload(local, url)
+
+
+@pytest.fixture
+def flaky(monkeypatch):
+    monkeypatch.setitem(registry.BACKENDS, "flaky", ("tests.unit.test_snapshot:FlakyStorage", ""))
+    FlakyStorage.calls = 0
+    yield
+    registry._instances.pop("flaky", None)
+
+
+def make(tmp_path, url=None, **kw):
+    kw.setdefault("stable_seconds", 0.02)
+    kw.setdefault("max_backoff", 0.05)
+    return SnapshotUploader(url or f"file://{tmp_path}/store", tmp_path / "state.json", **kw)
+
+
+def write(path: Path, n=1000):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(os.urandom(n))
+    return path
+
+
+def test_snapshots_upload_in_order_with_manifest_and_latest(tmp_path):
+    up = make(tmp_path)
+    for e in range(3):
+        up.submit([write(tmp_path / "out" / f"e{e}.params"), write(tmp_path / "out" / f"e{e}.json", 10)],
+                  f"epoch-{e:04d}", {"epoch": e})
+    assert up.wait(30)
+    up.close()
+    store = tmp_path / "store"
+    assert (store / "LATEST").read_text() == "epoch-0002"
+    manifest = json.loads((store / "epoch-0001" / "MANIFEST.json").read_text())
+    assert [f["name"] for f in manifest["files"]] == ["e1.params", "e1.json"] and manifest["meta"] == {"epoch": 1}
+    for e in range(3):
+        assert (store / f"epoch-{e:04d}" / f"e{e}.params").read_bytes() == (tmp_path / "out" / f"e{e}.params").read_bytes()
+    assert read_latest(f"file://{store}") == "epoch-0002"
+
+
+def test_submit_returns_at_once_and_waits_for_a_growing_file(tmp_path):
+    up = make(tmp_path, stable_seconds=0.2)
+    path = tmp_path / "out" / "big.bin"
+    path.parent.mkdir()
+    fh = open(path, "wb")
+    fh.write(b"a" * 1000)
+    fh.flush()
+    t0 = time.perf_counter()
+    up.submit([path], "s1")
+    assert time.perf_counter() - t0 < 0.5
+    for _ in range(5):  # still being written
+        time.sleep(0.1)
+        fh.write(b"b" * 1000)
+        fh.flush()
+    fh.close()
+    assert up.wait(30)
+    assert (tmp_path / "store" / "s1" / "big.bin").stat().st_size == 6000
+    up.close()
+
+
+def test_a_missing_file_is_reported_by_name_after_the_bound(tmp_path, caplog):
+    up = make(tmp_path, missing_timeout=0.3)
+    up.submit([tmp_path / "never.bin"], "s1")
+    assert up.wait(30)
+    assert up.status("s1") == "failed"
+    assert any("never.bin did not appear" in r.getMessage() for r in caplog.records)
+    assert not (tmp_path / "store" / "LATEST").exists()
+    up.close()
+
+
+def test_failing_storage_is_retried_and_nothing_local_is_deleted(tmp_path, flaky):
+    up = make(tmp_path, url=f"flaky://{tmp_path}/store")
+    files = [write(tmp_path / "out" / f"f{i}.bin") for i in range(6)]
+    for i in range(3):
+        up.submit(files[2 * i:2 * i + 2], f"snap-{i}")
+    assert up.wait(60)
+    up.close()
+    assert FlakyStorage.calls >= 16
+    assert (tmp_path / "store" / "LATEST").read_text() == "snap-2"
+    assert all(f.exists() for f in files)
+    for i in range(3):
+        assert len(json.loads((tmp_path / "store" / f"snap-{i}" / "MANIFEST.json").read_text())["files"]) == 2
+
+
+def test_pending_snapshots_are_uploaded_by_the_next_process(tmp_path, monkeypatch):
+    monkeypatch.setitem(registry.BACKENDS, "down", ("tests.unit.test_snapshot:DownStorage", ""))
+    files = [write(tmp_path / "out" / "a.bin")]
+    first = SnapshotUploader(f"down://{tmp_path}/store", tmp_path / "state.json", stable_seconds=0.02, max_backoff=0.05)
+    first.submit(files, "s1")
+    assert not first.wait(0.5)
+    first.close()
+    registry._instances.pop("down", None)
+    assert json.loads((tmp_path / "state.json").read_text())["snapshots"][0]["state"] == "pending"
+    second = make(tmp_path)  # the storage works now
+    assert second.wait(30)
+    assert (tmp_path / "store" / "s1" / "a.bin").exists() and (tmp_path / "store" / "LATEST").read_text() == "s1"
+    second.close()
+
+
+class DownStorage(LocalStorage):
+    scheme = "down"
+
+    def upload(self, local, url):
+        raise StorageError("storage is down")
+
+
+def test_delete_local_only_after_confirmation_and_keep_local(tmp_path):
+    up = make(tmp_path, keep_local=1)
+    files = [write(tmp_path / "out" / f"e{e}.bin") for e in range(3)]
+    for e, f in enumerate(files):
+        up.submit([f], f"e{e}")
+    assert up.wait(30)
+    up.close()
+    assert [f.exists() for f in files] == [False, False, True]
+    assert all((tmp_path / "store" / f"e{e}" / f"e{e}.bin").exists() for e in range(3))
+
+
+@pytest.mark.parametrize("prefix", ["", "../x", "a/../../b"])
+def test_bad_prefixes_are_refused(tmp_path, prefix):
+    up = make(tmp_path)
+    with pytest.raises(UsageError):
+        up.submit([tmp_path / "x"], prefix)
+    up.close()
