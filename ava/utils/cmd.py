@@ -1,0 +1,320 @@
+"""Run a command, stream its output, and hand every line to hooks (``from ava.utils import cmd``).
+
+:func:`startproc` starts the child with stdout and stderr on two pipes, in its own process group.
+:func:`logproc` reads both pipes at once until both close: each chunk goes to the console as the
+child wrote it (its stdout to ours, its stderr to ours) and to run.log (when
+:func:`ava.log.logger.initialize_logger` set one up), each line, as ``str`` without its
+terminator, to the hooks. :func:`runproc` (the old name) and :func:`run_and_forward` do both and
+wait, forwarding SIGTERM and SIGINT to the child's group meanwhile, and return the exit code as a
+shell would: 127 not found, 126 not executable, 128 + N killed by signal N. A command that cannot
+be executed does not raise: :func:`startproc` logs one line ("command not found: X") and returns
+a finished :class:`NotStarted`, so the old ``startproc``/``logproc``/``wait()`` sequence gets 127.
+
+Example:
+    >>> from ava.utils import cmd
+    >>> seen = []
+    >>> cmd.runproc(["sh", "-c", "echo one; echo two >&2; exit 3"], log_hook=seen.append, echo=False)
+    3
+    >>> sorted(seen)
+    ['one', 'two']
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any, Sequence, Union
+
+from ava.utils._lines import READ_SIZE, Hook, HookList, LogHook, OutputPipe
+
+_log = logging.getLogger(__name__)
+
+MAX_LINE = 1 << 20  #: the default cap on one line, in bytes (see LineSplitter)
+_PIPE_SIZE = READ_SIZE  # fewer, larger reads and fewer wake-ups of the writer (Linux caps this)
+_FORWARDED = (signal.SIGTERM, signal.SIGINT)
+
+__all__ = ["Hook", "LogHook", "NotStarted", "logproc", "run_and_forward", "runproc", "startproc"]
+
+Args = Union[str, bytes, "os.PathLike[str]", Sequence[Union[str, bytes, "os.PathLike[str]"]]]
+
+
+class NotStarted(subprocess.Popen):  # type: ignore[type-arg]
+    """What :func:`startproc` returns for a command that could not be executed.
+
+    A child that has already exited the way a shell reports the failure: ``returncode`` is 127
+    (not found) or 126 (found but not executable), ``pid`` is None, and ``stdout``/``stderr``
+    are empty where pipes were asked for. ``wait()``, ``poll()``, ``communicate()``, ``kill()``
+    and ``with`` work; :func:`logproc` returns at once.
+
+    Args:
+        args: the command as given.
+        returncode: 127 or 126.
+        reason: the one-line message that was logged.
+        pipes: whether stdout and stderr were asked for as pipes.
+        text: whether the pipes were asked for in text mode.
+
+    Example:
+        >>> proc = startproc(["no-such-command-ava-doc"])
+        >>> proc.wait(), proc.reason
+        (127, 'command not found: no-such-command-ava-doc')
+    """
+
+    def __init__(self, args: Any, returncode: int, reason: str, *, pipes: tuple[bool, bool] = (True, True),
+                 text: bool = False) -> None:
+        # No Popen.__init__: it would start a process. Set what Popen's other methods read.
+        self.args = args
+        self.returncode = returncode
+        self.reason = reason
+        self.pid = None  # type: ignore[assignment]
+        self.stdin = None
+        empty = io.StringIO if text else io.BytesIO
+        self.stdout = empty() if pipes[0] else None  # type: ignore[assignment]
+        self.stderr = empty() if pipes[1] else None  # type: ignore[assignment]
+        self.text_mode = text
+        self.encoding = self.errors = None
+        self.pipesize = -1
+        self._child_created = False
+        self._waitpid_lock = threading.Lock()
+        self._sigint_wait_secs = 0.0
+        self._communication_started = False
+        self._input = None
+        self._closed_child_pipe_fds = True
+
+    def communicate(self, input: Any = None, timeout: float | None = None) -> tuple[Any, Any]:
+        empty = "" if self.text_mode else b""
+        return (None if self.stdout is None else empty, None if self.stderr is None else empty)
+
+
+def startproc(args: Args, **popen_kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start ``args`` with its stdout and stderr on two pipes, in a new process group.
+
+    Popen keywords override the defaults ``stdout=PIPE``, ``stderr=PIPE`` and
+    ``start_new_session=True`` (the last unless ``start_new_session`` or ``process_group`` is
+    given); ``stderr=subprocess.STDOUT`` merges the streams as the old SDK did.
+
+    Returns:
+        The running ``subprocess.Popen``. For a command that does not exist or cannot be
+        executed, a :class:`NotStarted` (exit code 127 or 126), after logging one ERROR line.
+
+    Raises:
+        OSError: for failures that are not the command's own, such as a missing ``cwd``.
+    """
+    kw: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen_kwargs}
+    if "start_new_session" not in kw and "process_group" not in kw:
+        kw["start_new_session"] = True
+    try:
+        proc = subprocess.Popen(args, **kw)
+    except OSError as exc:
+        failed = _not_started(args, kw, exc)
+        if failed is None:
+            raise
+        return failed
+    for f in (proc.stdout, proc.stderr):
+        if f is not None:
+            _grow_pipe(f.fileno())
+    return proc
+
+
+def logproc(proc: subprocess.Popen[Any], log_hook: LogHook = None, *, echo: bool = True,
+            prefix_stream: bool = False, max_line: int = MAX_LINE) -> None:
+    """Read the child's stdout and stderr until both close, passing every line on.
+
+    Both pipes are read together in large chunks, so a child filling one while the other is
+    quiet never blocks. Lines end at ``\\n``, ``\\r\\n`` or ``\\r``; bytes are decoded as UTF-8
+    with replacement; a line longer than ``max_line`` bytes arrives in pieces. Hooks run on
+    this thread, one line at a time and in order per stream; while they run, the child can
+    write at most a pipe's worth before it waits for us. A hook that raises is logged once
+    with its traceback and disabled; the others and the child go on.
+
+    Args:
+        proc: what :func:`startproc` returned (any Popen whose stdout/stderr are pipes).
+        log_hook: a callable taking one line (``str``), a list or tuple of them, or None.
+        echo: write the child's output to our stdout and stderr, raw, as it arrives.
+        prefix_stream: prefix each line on the console and in run.log with ``[stdout] `` or
+            ``[stderr] `` (the console then gets whole, decoded lines; hooks never see it).
+        max_line: the longest line, in bytes, held back waiting for its end.
+
+    Raises:
+        UsageError: ``log_hook`` is not a callable, a list/tuple of callables, or None.
+    """
+    from ava.log.logger import run_log_handler  # ava.log sits above ava.utils: import on use
+
+    hooks = log_hook if isinstance(log_hook, HookList) else HookList(log_hook)
+    if isinstance(proc, NotStarted):
+        return
+    handler = run_log_handler()
+    pipes = [
+        OutputPipe(file, console if echo else None, f"[{name}] " if prefix_stream else "", max_line)
+        for file, console, name in ((proc.stdout, sys.stdout, "stdout"), (proc.stderr, sys.stderr, "stderr"))
+        if file is not None
+    ]
+    sel = selectors.DefaultSelector()  # one thread, no locks: hooks run here, in order
+    try:
+        for pipe in pipes:
+            sel.register(pipe.fd, selectors.EVENT_READ, pipe)
+        open_pipes = len(pipes)
+        while open_pipes:
+            for key, _ in sel.select():
+                pipe = key.data
+                lines = pipe.read()
+                if lines is None:  # end of the stream
+                    sel.unregister(pipe.fd)
+                    pipe.file.close()
+                    open_pipes -= 1
+                    lines = pipe.splitter.finish()
+                if lines:
+                    if handler is not None or pipe.prefix:
+                        pipe.write_lines(lines, handler)
+                    if hooks:
+                        hooks.deliver(lines)
+    finally:
+        sel.close()
+
+
+def run_and_forward(args: Args, log_hook: LogHook = None, *, echo: bool = True, prefix_stream: bool = False,
+                    **popen_kwargs: Any) -> int:
+    """Run ``args`` to the end with :func:`startproc` and :func:`logproc`; return its exit code.
+
+    While the child runs (and only when called on the main thread), SIGTERM and SIGINT sent to
+    us are forwarded to the child's process group instead of stopping us; the previous handlers
+    are restored afterwards. If this call fails (a hook raised a BaseException), the child's
+    group gets SIGTERM, then SIGKILL after 5 s, before the error propagates.
+
+    Returns:
+        The child's exit code; 128 + N if signal N killed it (logged); 127 or 126 if it could
+        not be executed (logged).
+    """
+    hooks = HookList(log_hook)  # a bad hook fails before anything starts
+    with _Forwarder() as forwarder:
+        proc = startproc(args, **popen_kwargs)
+        forwarder.attach(proc)
+        try:
+            logproc(proc, hooks, echo=echo, prefix_stream=prefix_stream)
+            proc.wait()
+        except BaseException:
+            _stop(proc)
+            raise
+    for sig in forwarder.received:
+        _log.info("received %s; forwarded it to the command's process group", _signame(sig))
+    code = proc.returncode
+    if code < 0:
+        _log.warning("command %s was killed by %s; exit code %d", _program(args, popen_kwargs), _signame(-code),
+                     128 - code)
+        return 128 - code
+    return code
+
+
+def runproc(args: Args, log_hook: LogHook = None, **kwargs: Any) -> int:
+    """Run ``args``, log its output, and return its exit code (the old SDK's name).
+
+    The same as :func:`run_and_forward`: keywords ``echo``, ``prefix_stream`` and Popen's.
+    """
+    return run_and_forward(args, log_hook, **kwargs)
+
+
+class _Forwarder:
+    """While the child runs, SIGTERM and SIGINT go to its process group instead of stopping us."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[Any] | None = None
+        self.received: list[int] = []
+        self._saved: dict[int, Any] = {}
+
+    def __enter__(self) -> _Forwarder:
+        if threading.current_thread() is threading.main_thread():
+            for sig in _FORWARDED:
+                previous = signal.getsignal(sig)
+                if previous is None:  # installed outside Python: it could not be put back
+                    continue
+                self._saved[sig] = previous
+                signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self._saved.items():
+            signal.signal(sig, previous)
+        self._saved.clear()
+
+    def attach(self, proc: subprocess.Popen[Any]) -> None:
+        self.proc = proc
+        for sig in self.received:  # arrived while the child was being started
+            _signal_group(proc, sig)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        # No logging here: this can run in the middle of this thread's own write to run.log.
+        self.received.append(signum)
+        if self.proc is not None:
+            _signal_group(self.proc, signum)
+
+
+def _signal_group(proc: subprocess.Popen[Any], sig: int) -> None:
+    if proc.pid is None or proc.returncode is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:  # the caller kept the child in our group: signal just the child
+        proc.send_signal(sig)
+    except PermissionError:
+        pass
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.pid is None or proc.poll() is not None:
+        return
+    _signal_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        _signal_group(proc, signal.SIGKILL)
+        proc.wait()
+
+
+def _program(args: Args, kw: dict[str, Any]) -> Any:
+    if kw.get("executable"):
+        return kw["executable"]
+    if isinstance(args, (str, bytes, os.PathLike)):
+        return args
+    return args[0] if args else None
+
+
+def _not_started(args: Args, kw: dict[str, Any], exc: OSError) -> NotStarted | None:
+    """The stand-in for a program that exec could not run; None if the failure is not that."""
+    prog = _program(args, kw)
+    if kw.get("shell") or prog is None or exc.filename != prog:
+        return None  # e.g. a missing cwd: the caller's mistake, raised as is
+    name = os.fsdecode(prog)
+    if exc.errno == errno.ENOENT:
+        code, reason = 127, f"command not found: {name}"
+        if os.sep in name and os.path.isfile(os.path.join(os.fsdecode(kw.get("cwd") or "."), name)):
+            reason += " (the file exists: the interpreter on its #! line does not)"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.EISDIR, errno.ENOTDIR):
+        code, reason = 126, f"command not executable: {name} ({exc.strerror})"
+    else:
+        return None
+    _log.error("%s", reason)
+    text = any(kw.get(k) for k in ("text", "universal_newlines", "encoding", "errors"))
+    pipes = (kw.get("stdout") == subprocess.PIPE, kw.get("stderr") == subprocess.PIPE)
+    return NotStarted(args, code, reason, pipes=pipes, text=text)
+
+
+def _grow_pipe(fd: int) -> None:
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+    except (ImportError, AttributeError, OSError):
+        pass  # not Linux, or over the per-user pipe quota: the default size works, only slower
+
+
+def _signame(sig: int) -> str:
+    try:
+        return f"{signal.Signals(sig).name} (signal {sig})"
+    except ValueError:
+        return f"signal {sig}"
