@@ -91,27 +91,21 @@ _PLAIN = re.compile(
 )
 
 
-def _opt_int(text: str | None) -> int | None:
-    return None if text is None else int(text)
+_PLAIN_LINES = re.compile(r"^" + _PLAIN.pattern + r"$", re.M)
 
 
 def parse_body(instance_id: str, text: str) -> list[tuple[Any, ...]]:
     """Rows for the points table from a line-protocol body; LineProtocolError names the line."""
-    rows: list[tuple[Any, ...]] = []
-    fullmatch = _PLAIN.fullmatch
+    rows = _parse_plain_body(instance_id, text)
+    if rows is not None:
+        return rows
+    rows = []
     for lineno, line in enumerate(text.split("\n"), 1):
-        m = fullmatch(line)
-        if m is not None:
-            value = m["value"]
-            if value.endswith("i"):
-                value = value[:-1]
-            else:
-                float(value)  # a malformed number is caught below
-            rows.append((m["id"] or instance_id, _opt_int(m["rank"]) or 0, int(m["seq"]), m["name"], m["phase"],
-                         _opt_int(m["step"]), _opt_int(m["epoch"]), _opt_int(m["batch"]), _opt_int(m["net"]),
-                         value, int(m["ts"]), m["m"]))
-            continue
         if not line.strip():
+            continue
+        plain = _parse_plain_body(instance_id, line)
+        if plain is not None:
+            rows.extend(plain)
             continue
         try:
             p = decode_line(line)
@@ -123,6 +117,26 @@ def parse_body(instance_id: str, text: str) -> list[tuple[Any, ...]]:
                      p["phase"], p["step"], p["epoch"], p["batch"], p["net"], _value_text(p["value"]), p["ts_ns"],
                      p["measurement"]))
     return rows
+
+
+def _parse_plain_body(instance_id: str, text: str) -> list[tuple[Any, ...]] | None:
+    """Rows when every line of ``text`` has ava's own shape (one regex pass); else None."""
+    rows = []
+    expected = text.count("\n") + (0 if text.endswith("\n") else 1) - text.count("\n\n")
+    for m in _PLAIN_LINES.finditer(text):
+        value = m["value"]
+        if value.endswith("i"):
+            value = value[:-1]
+        else:
+            try:
+                float(value)
+            except ValueError:
+                return None
+        epoch, batch, rank, net, step = m["epoch"], m["batch"], m["rank"], m["net"], m["step"]
+        rows.append((m["id"] or instance_id, int(rank) if rank else 0, int(m["seq"]), m["name"], m["phase"],
+                     int(step) if step else None, int(epoch) if epoch else None, int(batch) if batch else None,
+                     int(net) if net else None, value, int(m["ts"]), m["m"]))
+    return rows if len(rows) == expected and expected > 0 else None
 
 
 def _value_text(value: Any) -> str:

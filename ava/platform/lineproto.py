@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -72,10 +73,40 @@ def encode_record(record: dict[str, Any], instance_id: str) -> str:
     return _Encoder(instance_id).line(record)
 
 
+def encode_json_lines(lines: list[str], instance_id: str) -> bytes:
+    """``metrics.jsonl`` lines as a request body, without a full JSON parse where possible.
+
+    Lines in ava's own shape are translated directly; any other line is parsed; events and
+    blank lines are skipped; an unreadable line raises ``ValueError``.
+    """
+    enc = _Encoder(instance_id)
+    out = []
+    for text in lines:
+        line = enc.line_from_json(text)
+        if line is None:
+            if not text.strip():
+                continue
+            record = json.loads(text)
+            if not isinstance(record, dict) or "event" in record or "name" not in record:
+                continue
+            line = enc.line(record)
+        out.append(line + "\n")
+    return "".join(out).encode("utf-8")
+
+
 def encode_records(records: list[dict[str, Any]], instance_id: str) -> bytes:
     """Metric records as a request body (events are skipped)."""
     enc = _Encoder(instance_id)
     return "".join([enc.line(r) + "\n" for r in records if "event" not in r]).encode("utf-8")
+
+
+# A metrics.jsonl line as ava's own JsonlSink writes it, with a name that needs no escaping.
+_JSON_LINE = re.compile(
+    r'\{"ts":(?P<ts>[-0-9.eE+]+),"step":(?P<step>-?\d+|null),"epoch":(?P<epoch>-?\d+|null),'
+    r'"batch":(?P<batch>-?\d+|null),"phase":"(?P<phase>train|val|test)","name":"(?P<name>[A-Za-z0-9_./#:+-]+)",'
+    r'"value":(?P<value>-?[0-9.eE+-]+|"nan"|"inf"|"-inf"),"rank":(?P<rank>-?\d+|null),"seq":(?P<seq>\d+)'
+    r'(?:,"net":(?P<net>-?\d+|null))?(?:,"unit":"[^"\\]*")?\}\s*'
+)
 
 
 class _Encoder:
@@ -85,15 +116,47 @@ class _Encoder:
         self._head = f",job_type={JOB_TYPE},id={_escape_tag(instance_id)}"
         self._cache: dict[tuple[str, str], tuple[str, str]] = {}
 
-    def line(self, record: dict[str, Any]) -> str:
-        name = record["name"]
-        phase = record.get("phase") or "train"
+    def parts(self, name: str, phase: str) -> tuple[str, str]:
         parts = self._cache.get((name, phase))
         if parts is None:
             parts = self._cache[(name, phase)] = (
                 _escape_measurement(measurement_for(name, phase)) + self._head,
                 f",phase={_escape_tag(phase)},name={_escape_tag(name)}",
             )
+        return parts
+
+    def line_from_json(self, text: str) -> str | None:
+        """The line for one ``metrics.jsonl`` line in ava's own shape; None for anything else.
+
+        Skips ``json.loads`` and the dict: delivery reads every record, so this is its hot path.
+        """
+        m = _JSON_LINE.fullmatch(text)
+        if m is None:
+            return None
+        head, tail = self.parts(m["name"], m["phase"])
+        tags = head
+        for key in ("epoch", "batch", "rank"):
+            v = m[key]
+            if v is not None and v != "null":
+                tags += f",{key}={v}"
+        tags += tail
+        net = m["net"]
+        if net is not None and net != "null":
+            tags += f",net={net}"
+        value = m["value"]
+        if value[0] != '"' and value.lstrip("-").isdigit():
+            value += "i"
+        fields = f"value={value},seq={m['seq']}i"
+        step = m["step"]
+        if step != "null":
+            fields += f",step={step}i"
+        ts_ns = int(round(float(m["ts"]) * 1_000_000)) * 1000
+        return f"{tags} {fields} {ts_ns}"
+
+    def line(self, record: dict[str, Any]) -> str:
+        name = record["name"]
+        phase = record.get("phase") or "train"
+        parts = self.parts(name, phase)
         tags = parts[0]
         epoch, batch, rank, net = record.get("epoch"), record.get("batch"), record.get("rank"), record.get("net")
         if epoch is not None:

@@ -30,7 +30,7 @@ from urllib.parse import quote, urlsplit
 
 from ava.errors import ConfigError
 from ava.metrics.sinks.base import Sink
-from ava.platform.lineproto import encode_records
+from ava.platform.lineproto import encode_json_lines
 from ava.utils.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ class HttpSink(Sink):
         atomic_write_text(self.offset_path, json.dumps({"offset": self.offset, "url": self.base_url}) + "\n")
 
     def _prepare(self, offset: int) -> tuple[bytes, int, int] | None:
-        """(request body, records in it, offset after them) for whole lines from ``offset``."""
+        """(request body, lines in it, offset after them) for whole lines from ``offset``."""
         try:
             with open(self.jsonl_path, "rb") as fh:
                 fh.seek(offset)
@@ -210,20 +210,26 @@ class HttpSink(Sink):
         end = chunk.rfind(b"\n")
         if end < 0:
             return None
-        records: list[dict[str, Any]] = []
-        pos = 0
-        while pos <= end:
-            nl = chunk.index(b"\n", pos)
-            line = chunk[pos:nl]
-            pos = nl + 1
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    log.warning("skipping an unreadable line of %s at byte %d", self.jsonl_path.name, offset + pos)
-            if len(records) >= self._batch:
-                break
-        return encode_records(records, self.instance_id), len(records), offset + pos
+        lines = chunk[:end].split(b"\n", self._batch)
+        if len(lines) > self._batch:
+            lines.pop()  # the rest of the chunk: the next batch
+        size = sum(map(len, lines)) + len(lines)
+        # "\n" is never inside a UTF-8 sequence, so decoding once and splitting again is safe.
+        text = b"\n".join(lines).decode("utf-8", "replace").split("\n")
+        try:
+            body = encode_json_lines(text, self.instance_id)
+        except ValueError:
+            body = self._encode_skipping_bad(text, offset)
+        return body, len(lines), offset + size
+
+    def _encode_skipping_bad(self, lines: list[str], offset: int) -> bytes:
+        parts = []
+        for line in lines:
+            try:
+                parts.append(encode_json_lines([line], self.instance_id))
+            except ValueError:
+                log.warning("skipping an unreadable line of %s after byte %d", self.jsonl_path.name, offset)
+        return b"".join(parts)
 
     def _run(self) -> None:
         attempt = 0
