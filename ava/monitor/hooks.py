@@ -1,0 +1,114 @@
+"""Line hooks for wrapped processes: parse each output line, record what it says.
+
+``LogMetricsHook`` feeds lines to a parser (Caffe, MXNet, regex) and turns its records into
+``TrainInstance.log_metrics`` / ``log_event`` calls. ``SnapshotHook`` watches the same kind of
+records for snapshot events and hands the files of each snapshot to the instance's background
+uploader: for Caffe, the ``.caffemodel`` and ``.solverstate`` of one iteration (submitted once
+the solver state is announced, Caffe's last write of a snapshot), plus any ``other_files``.
+
+Both are plain callables taking one line, as ``ava.utils.cmd.logproc`` calls hooks.
+
+Example:
+    >>> class Ins:
+    ...     def __init__(self): self.calls = []
+    ...     def log_metrics(self, metrics, step=None, epoch=None, batch=None, phase="train", **kw):
+    ...         self.calls.append((metrics, step, phase))
+    ...     def log_event(self, event, step=None, **details): self.calls.append((event, step))
+    >>> from ava.monitor.regex import RegexParser
+    >>> ins = Ins()
+    >>> hook = LogMetricsHook(ins, RegexParser.from_specs([r"loss=loss=([0-9.]+)"]))
+    >>> hook("step 3 loss=0.25")
+    >>> ins.calls
+    [({'loss': 0.25}, None, 'train')]
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger(__name__)
+
+
+class LogMetricsHook:
+    """Record a parser's metrics and events on a training instance.
+
+    Args:
+        train_ins: a ``TrainInstance`` (anything with ``log_metrics`` and ``log_event``).
+        parser: an object with ``parse_line(line) -> list of records``.
+        events: also record the parser's events (``done``, ``resume``, ``snapshot``, ...).
+    """
+
+    def __init__(self, train_ins: Any, parser: Any, *, events: bool = True) -> None:
+        self.train_ins = train_ins
+        self.parser = parser
+        self.events = events
+        self.records = 0
+
+    def __call__(self, line: str) -> None:
+        for rec in self.parser.parse_line(line):
+            self.record(rec)
+
+    def record(self, rec: dict[str, Any]) -> None:
+        if "event" in rec:
+            if self.events:
+                details = {k: v for k, v in rec.items() if k not in ("ts", "step", "event", "epoch", "batch")}
+                self.train_ins.log_event(rec["event"], rec.get("step"), **details)
+            return
+        unit = rec.get("unit")
+        self.train_ins.log_metrics(
+            {rec["name"]: rec["value"]}, rec.get("step"), rec.get("epoch"), rec.get("batch"),
+            rec.get("phase") or "train", net=rec.get("net"), units={rec["name"]: unit} if unit else None,
+        )
+        self.records += 1
+
+
+class SnapshotHook:
+    """Upload the files of each snapshot a wrapped process announces in its log.
+
+    Args:
+        train_ins: a ``TrainInstance``.
+        parser: a parser whose records include ``{"event": "snapshot", "path", "kind", "step"}``.
+        batch_of_epoch: iterations per epoch, to put the epoch in the snapshot's metadata.
+        other_files: files uploaded with every snapshot (a deploy prototxt, a label map, ...).
+    """
+
+    def __init__(self, train_ins: Any, parser: Any, *, batch_of_epoch: int | None = None,
+                 other_files: Sequence[str | Path] = ()) -> None:
+        self.train_ins = train_ins
+        self.parser = parser
+        self.batch_of_epoch = batch_of_epoch
+        self.other_files = [Path(f) for f in other_files]
+        self._pending: dict[int | None, list[Path]] = {}
+        self.submitted: list[str] = []
+
+    def __call__(self, line: str) -> None:
+        if "napshot" not in line and "checkpoint" not in line:
+            return  # the cheap filter: only snapshot lines matter here
+        for rec in self.parser.parse_line(line):
+            if rec.get("event") == "snapshot" and rec.get("path"):
+                self.snapshot(Path(rec["path"]), rec.get("kind"), rec.get("step"))
+
+    def snapshot(self, path: Path, kind: str | None, step: int | None) -> None:
+        files = self._pending.setdefault(step, [])
+        if path not in files:
+            files.append(path)
+        # Caffe writes the model, then the solver state; anything else is one file per snapshot.
+        if kind != "model":
+            self.flush(step)
+
+    def flush(self, step: int | None = None) -> None:
+        """Submit what is pending (for ``step``, or everything when None)."""
+        steps = [step] if step is not None else list(self._pending)
+        for s in steps:
+            files = self._pending.pop(s, [])
+            if not files:
+                continue
+            name = f"iter-{s:08d}" if s is not None else files[0].stem
+            meta: dict[str, Any] = {"step": s}
+            if self.batch_of_epoch and s is not None:
+                meta["epoch"] = s // self.batch_of_epoch
+            self.train_ins.save_snapshot([*files, *self.other_files], name, meta, step=s)
+            self.submitted.append(name)
+            log.info("snapshot %s handed to the uploader: %s", name, ", ".join(str(f) for f in files))

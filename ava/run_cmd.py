@@ -1,0 +1,94 @@
+"""``ava run [--parser caffe|mxnet|none] [--metric NAME=REGEX ...] [--id ID] -- CMD ...``
+
+Runs CMD inside a training instance: its output streams to the console and to ``run.log``, a
+log parser turns it into metric records, the snapshots it announces are uploaded in the
+background, and the instance's status follows CMD's exit code (``failed`` with the last error
+lines when it is not 0). ``ava run`` exits with CMD's code.
+
+Example:
+    $ ava run --parser caffe -- caffe train -solver solver.prototxt
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+from typing import Any
+
+from ava.env import Env
+from ava.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+_TAIL_LINES = 20
+
+
+class _Tail:
+    """The last lines of output, for the status's error message."""
+
+    def __init__(self, n: int = _TAIL_LINES) -> None:
+        self.lines: collections.deque[str] = collections.deque(maxlen=n)
+
+    def __call__(self, line: str) -> None:
+        if line.strip():
+            self.lines.append(line)
+
+    def error_text(self) -> str:
+        lines = list(self.lines)
+        # Prefer what looks like an error (glog's E/F lines, Python tracebacks), else the tail.
+        flagged = [ln for ln in lines if ln[:1] in ("E", "F") or "Error" in ln or "error" in ln or "Traceback" in ln]
+        return "\n".join((flagged or lines)[-5:])[-2000:]
+
+
+def run(args: argparse.Namespace, env: Env) -> int:
+    from ava.monitor.hooks import LogMetricsHook, SnapshotHook
+    from ava.monitor.regex import RegexParser
+    from ava.parse_log import make_parser
+    from ava.train import base as train
+    from ava.utils import cmd
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise UsageError("nothing to run: give the command after --, e.g. ava run --parser caffe -- caffe train ...")
+    regex = RegexParser.from_specs(args.metric) if args.metric else None
+    ins = train.TrainInstance(args.id, env=env)
+    hooks: list[Any] = []
+    if args.parser != "none":
+        hooks.append(LogMetricsHook(ins, make_parser(args.parser)))
+        hooks.append(SnapshotHook(ins, make_parser(args.parser), other_files=args.snapshot_file or ()))
+    if regex is not None:
+        hooks.append(LogMetricsHook(ins, regex))
+    tail = _Tail()
+    hooks.append(tail)
+    code = 1
+    try:
+        code = cmd.run_and_forward(command, hooks)
+    finally:
+        for hook in hooks:
+            if isinstance(hook, SnapshotHook):
+                hook.flush()
+        if code == 0:
+            ins.done(exit_code=0)
+        else:
+            what = f"exited with code {code}" if code < 128 else f"was killed by signal {code - 128}"
+            detail = tail.error_text()
+            ins.done(err_msg=f"{command[0]} {what}" + (f": {detail}" if detail else ""), exit_code=code)
+    return code
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``run`` on the CLI's subparsers."""
+    p = subparsers.add_parser("run", help="run a training command inside a training instance",
+                              description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p.add_argument("--parser", choices=("caffe", "mxnet", "none"), default="none",
+                   help="how to read metrics from the output (default: none)")
+    p.add_argument("--metric", action="append", default=[], metavar="NAME=REGEX",
+                   help="a metric to read with a regex: the first group is the value, a group named step sets the step")
+    p.add_argument("--id", help="the training instance id (default: $AVA_TRAINING_INSTANCE_ID, else a new one)")
+    p.add_argument("--snapshot-file", action="append", metavar="FILE",
+                   help="a file to upload with every snapshot (repeatable)")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
+    p.set_defaults(func=run)

@@ -1,0 +1,66 @@
+"""RegexParser (``--metric NAME=REGEX``) and the shared number syntax."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from ava.errors import UsageError
+from ava.monitor.regex import RegexParser, parse_number, to_float
+
+
+def test_first_group_is_the_value_and_step_group_sets_the_step():
+    p = RegexParser.from_specs([r"loss=step (?P<step>\d+) loss (\S+)"])
+    [r] = p.parse_line("step 7 loss 0.25")
+    assert (r["name"], r["step"], r["value"], r["phase"], r["ts"]) == ("loss", 7, 0.25, "train", None)
+    assert (r["epoch"], r["batch"], r["net"], r["unit"]) == (None, None, None, None)
+    assert p.parse_line("nothing here") == []
+
+
+def test_value_group_before_the_step_group_and_the_step_carries_over():
+    p = RegexParser.from_specs([r"acc=acc=(\S+) at (?P<step>\d+)", r"val_ap=val_AP: ([-.\de]+)"])
+    assert [(r["name"], r["step"], r["value"]) for r in p.parse_line("acc=0.5 at 30")] == [("acc", 30, 0.5)]
+    # a line with no step of its own takes the last one captured
+    assert [(r["name"], r["step"]) for r in p.parse_line("val_AP: 0.75")] == [("val_ap", 30)]
+    # two specs on one line: the step captured on it applies to both
+    got = p.parse_line("acc=0.6 at 40 val_AP: 0.8")
+    assert [(r["name"], r["step"], r["value"]) for r in got] == [("acc", 40, 0.6), ("val_ap", 40, 0.8)]
+
+
+def test_nan_kept_and_non_numbers_skipped():
+    p = RegexParser.from_specs([r"loss=loss (\S+)"])
+    assert math.isnan(p.parse_line("loss nan")[0]["value"])
+    assert p.parse_line("loss -inf")[0]["value"] == -math.inf
+    assert p.parse_line("loss banana") == []
+    assert p.parse_line("loss 0.5.1") == []
+
+
+@pytest.mark.parametrize("spec", ["loss", "=loss (\\S+)", "loss=", "my loss=(\\S+)", "loss=(", "loss=[",
+                                  "loss=no group", "loss=(?P<step>\\d+)"])
+def test_bad_specs_name_the_spec(spec):
+    with pytest.raises(UsageError) as info:
+        RegexParser.from_specs(["ok=ok (\\S+)", spec])
+    message = str(info.value)
+    assert repr(spec) in message and "\n" not in message
+
+
+def test_usage_error_is_a_value_error():
+    with pytest.raises(ValueError):
+        RegexParser.from_specs(["x=("])
+
+
+def test_numbers():
+    assert to_float("-nan") != to_float("-nan")
+    assert to_float("1.#INF") == math.inf and to_float("-1.#INF") == -math.inf
+    assert math.isnan(to_float("-nan(ind)")) and math.isnan(to_float("1.#QNAN"))
+    assert parse_number(" 2.5e-3 ") == 0.0025
+    assert parse_number("info") is None and parse_number("1_0") is None and parse_number("") is None
+
+
+def test_garbage_never_raises():
+    p = RegexParser.from_specs([r"loss=loss[:=] *(\S+)", r"it=it (?P<step>\S+) (\S+)"])
+    for text in ["", "\x00", "loss=", "it 99999999999999999999999999999 1", "it 1e400 1", "it nan 1",
+                 "loss:" + "9" * (10 << 20)]:
+        assert isinstance(p.parse_line(text), list)
+    assert p.parse_line("it 1e400 1")[0]["step"] is None

@@ -1,0 +1,69 @@
+"""`ava run`: a command inside a training instance, status from its exit code."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ava.metrics.sinks.jsonl import iter_records
+
+
+def ava_run(ws, *args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "ava", "run", *args], capture_output=True, text=True, errors="replace",
+                          timeout=timeout, env={**__import__("os").environ, "AVA_WORKSPACE": str(ws.root)})
+
+
+def status(ws, run_id):
+    return json.loads((ws.root / "run" / run_id / "status.json").read_text())
+
+
+def test_regex_metrics_and_exit_code(ws):
+    script = 'for i in 1 2 3; do echo "step $i acc=0.$i"; echo "loss $i" >&2; done'
+    out = ava_run(ws, "--id", "rx", "--metric", r"acc=step (?P<step>\d+) acc=([0-9.]+)", "--", "sh", "-c", script)
+    assert out.returncode == 0, out.stderr
+    assert "step 3 acc=0.3" in out.stdout and "loss 3" in out.stderr
+    recs = list(iter_records(ws.root / "run" / "rx" / "logs" / "metrics.jsonl"))
+    assert [(r["name"], r["step"], r["value"]) for r in recs] == [("acc", 1, 0.1), ("acc", 2, 0.2), ("acc", 3, 0.3)]
+    assert status(ws, "rx")["status"] == "done" and status(ws, "rx")["exit_code"] == 0
+    run_log = (ws.root / "run" / "rx" / "logs" / "run.log").read_text()
+    assert "step 2 acc=0.2" in run_log and "loss 2" in run_log
+
+
+def test_failure_sets_failed_with_the_last_error_lines_and_passes_the_code(ws):
+    out = ava_run(ws, "--id", "bad", "--", sh := "sh", "-c", "echo working; echo 'Error: CUDA out of memory' >&2; exit 7")
+    assert out.returncode == 7
+    doc = status(ws, "bad")
+    assert doc["status"] == "failed" and doc["exit_code"] == 7
+    assert doc["err_msg"].startswith("sh exited with code 7") and "CUDA out of memory" in doc["err_msg"]
+
+
+def test_missing_command_is_127_and_failed(ws):
+    out = ava_run(ws, "--id", "nocmd", "--", "no-such-command-here")
+    assert out.returncode == 127
+    assert "command not found: no-such-command-here" in out.stderr
+    assert status(ws, "nocmd")["status"] == "failed"
+
+
+def test_killed_child_reports_the_signal(ws):
+    out = ava_run(ws, "--id", "killed", "--", "sh", "-c", "kill -9 $$")
+    assert out.returncode == 137
+    assert "killed by signal 9" in status(ws, "killed")["err_msg"]
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "nothing to run"),
+    (["--metric", "noequals", "--", "true"], "noequals"),
+    (["--metric", "x=([", "--", "true"], "x=(["),
+])
+def test_bad_usage_exits_2_with_one_line(ws, args, message):
+    out = ava_run(ws, *args)
+    assert out.returncode == 2
+    assert message in out.stderr and out.stderr.strip().count("\n") == 0
+
+
+def test_binary_garbage_and_a_huge_line_do_not_break_it(ws):
+    code = "import os,sys; sys.stdout.buffer.write(os.urandom(200000) + b'\\n' + b'x' * (10 << 20)); print('acc=0.5')"
+    out = ava_run(ws, "--id", "garbage", "--metric", "acc=acc=([0-9.]+)", "--", sys.executable, "-c", code)
+    assert out.returncode == 0
+    assert [r["value"] for r in iter_records(ws.root / "run" / "garbage" / "logs" / "metrics.jsonl")] == [0.5]
