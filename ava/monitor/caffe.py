@@ -401,3 +401,32 @@ def _day_start(year: int, month: int, day: int) -> float | None:
     if not (1 <= month <= 12 and 1 <= day <= 31 and 1 <= year <= 9999):
         return None
     return float(calendar.timegm((year, month, 1, 0, 0, 0, 0, 0, 0)) + (day - 1) * 86400)
+
+
+# --- the adapter: TrainInstance.get_monitor_callback("caffe") / get_epoch_end_callback("caffe") ---
+
+def monitor_callback(train_ins: Any, **kwargs: Any) -> Any:
+    """A line hook for ``cmd.logproc`` that records Caffe's metrics and events on ``train_ins``.
+
+    Args:
+        train_ins: the ``TrainInstance``.
+        **kwargs: ``year`` for logs whose glog prefix has no year and no header.
+    """
+    from ava.monitor.hooks import LogMetricsHook
+
+    return LogMetricsHook(train_ins, CaffeLogParser(year=kwargs.get("year")))
+
+
+def epoch_end_callback(train_ins: Any, batch_of_epoch: int | None = None, other_files: Any = (), **kwargs: Any) -> Any:
+    """A line hook that uploads each snapshot Caffe announces: its ``.caffemodel`` and
+    ``.solverstate`` (once both are written) plus ``other_files``, in the background.
+
+    Args:
+        train_ins: the ``TrainInstance``.
+        batch_of_epoch: iterations per epoch, recorded as the snapshot's epoch.
+        other_files: files uploaded with every snapshot.
+    """
+    from ava.monitor.hooks import SnapshotHook
+
+    return SnapshotHook(train_ins, CaffeLogParser(year=kwargs.get("year")), batch_of_epoch=batch_of_epoch,
+                        other_files=other_files or ())
