@@ -7,10 +7,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_cmd  # noqa: E402
 import bench_http  # noqa: E402
 import bench_import  # noqa: E402
 import bench_log_metrics  # noqa: E402
 import bench_mp_log  # noqa: E402
+import bench_parse_log  # noqa: E402
 
 
 def main() -> int:
@@ -25,6 +27,12 @@ def main() -> int:
     print("\n== platform reporting ==")
     res = bench_http.main()
     ok &= res["overhead_median"] <= 0.10 and res["batched_rps"] >= 50_000
+    print("\n== ava parse-log caffe against BVLC parse_log.py ==")
+    res = bench_parse_log.main()
+    ok &= min(res["ratio_csv"], res["ratio_jsonl"]) >= bench_parse_log.TARGET_RATIO
+    print("\n== the process wrapper (ava.utils.cmd) ==")
+    res = bench_cmd.main()
+    ok &= res["ava_mbps"] >= bench_cmd.TARGET_MBPS and res["lost"] == 0
     print("\nall targets met" if ok else "\nSOME TARGETS MISSED")
     return 0 if ok else 1
 
