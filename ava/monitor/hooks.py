@@ -47,8 +47,37 @@ class LogMetricsHook:
         self.records = 0
 
     def __call__(self, line: str) -> None:
-        for rec in self.parser.parse_line(line):
-            self.record(rec)
+        records = self.parser.parse_line(line)
+        if not records:
+            return
+        if len(records) == 1:
+            self.record(records[0])
+            return
+        # Records of one line that share step, epoch, batch, phase and net go in one call.
+        group: dict[str, Any] = {}
+        units: dict[str, str] = {}
+        key = None
+        for rec in records:
+            if "event" in rec:
+                self._flush(group, units, key)
+                group, units, key = {}, {}, None
+                self.record(rec)
+                continue
+            rec_key = (rec.get("step"), rec.get("epoch"), rec.get("batch"), rec.get("phase") or "train", rec.get("net"))
+            if key is not None and (rec_key != key or rec["name"] in group):
+                self._flush(group, units, key)
+                group, units = {}, {}
+            key = rec_key
+            group[rec["name"]] = rec["value"]
+            if rec.get("unit"):
+                units[rec["name"]] = rec["unit"]
+        self._flush(group, units, key)
+
+    def _flush(self, group: dict[str, Any], units: dict[str, str], key: Any) -> None:
+        if group:
+            step, epoch, batch, phase, net = key
+            self.train_ins.log_metrics(group, step, epoch, batch, phase, net=net, units=units or None)
+            self.records += len(group)
 
     def record(self, rec: dict[str, Any]) -> None:
         if "event" in rec:

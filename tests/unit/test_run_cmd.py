@@ -67,3 +67,30 @@ def test_binary_garbage_and_a_huge_line_do_not_break_it(ws):
     out = ava_run(ws, "--id", "garbage", "--metric", "acc=acc=([0-9.]+)", "--", sys.executable, "-c", code)
     assert out.returncode == 0
     assert [r["value"] for r in iter_records(ws.root / "run" / "garbage" / "logs" / "metrics.jsonl")] == [0.5]
+
+
+def test_records_of_one_line_are_grouped_without_losing_any():
+    from ava.monitor.hooks import LogMetricsHook
+
+    calls = []
+
+    class Ins:
+        def log_metrics(self, metrics, step=None, epoch=None, batch=None, phase="train", **kw):
+            calls.append((dict(metrics), step, phase, kw.get("units")))
+
+        def log_event(self, event, step=None, **details):
+            calls.append((event, step))
+
+    class Parser:
+        def parse_line(self, line):
+            return [
+                {"step": 1, "phase": "train", "name": "loss", "value": 1.0},
+                {"step": 1, "phase": "train", "name": "speed", "value": 2.0, "unit": "iter/s"},
+                {"step": 1, "phase": "train", "name": "loss", "value": 3.0},
+                {"step": 1, "event": "snapshot", "path": "/x"},
+                {"step": 2, "phase": "test", "name": "acc", "value": 0.5},
+            ]
+
+    LogMetricsHook(Ins(), Parser())("line")
+    assert calls == [({"loss": 1.0, "speed": 2.0}, 1, "train", {"speed": "iter/s"}), ({"loss": 3.0}, 1, "train", None),
+                     ("snapshot", 1), ({"acc": 0.5}, 2, "test", None)]
