@@ -18,6 +18,8 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) examples/demo_basic.py
+	AVA_WORKSPACE=demo-workspace $(PY) examples/mxnet_digits.py
+	AVA_WORKSPACE=demo-workspace $(PY) examples/torch_digits.py
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py

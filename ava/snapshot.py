@@ -231,13 +231,14 @@ class SnapshotUploader:
         self._with_retries(f"LATEST pointer to {snap['id']}",
                            lambda: self.storage.put_text(snap["id"], join_url(self.storage_url, LATEST)))
         seconds = time.monotonic() - started
-        self._finish(snap, DONE, None)
-        log.info("snapshot %s uploaded: %d files, %d bytes in %.2f s", snap["id"], len(entries), total, seconds)
+        # Record before marking it done: done() closes the metric writer once uploads are done.
         if self._on_metrics is not None:
             try:
                 self._on_metrics({"upload_bytes": total, "upload_seconds": seconds})
             except AvaError as exc:
                 log.debug("upload metrics not recorded: %s", exc)
+        self._finish(snap, DONE, None)
+        log.info("snapshot %s uploaded: %d files, %d bytes in %.2f s", snap["id"], len(entries), total, seconds)
         self._prune_local()
 
     def _finish(self, snap: dict[str, Any], state: str, error: str | None) -> None:

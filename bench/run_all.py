@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_cmd  # noqa: E402
+import bench_frameworks  # noqa: E402
 import bench_http  # noqa: E402
 import bench_import  # noqa: E402
 import bench_log_metrics  # noqa: E402
@@ -33,6 +34,8 @@ def main() -> int:
     print("\n== the process wrapper (ava.utils.cmd) ==")
     res = bench_cmd.main()
     ok &= res["ava_mbps"] >= bench_cmd.TARGET_MBPS and res["lost"] == 0
+    print("\n== framework adapters ==")
+    ok &= bench_frameworks.targets_met(bench_frameworks.main())
     print("\nall targets met" if ok else "\nSOME TARGETS MISSED")
     return 0 if ok else 1
 

@@ -17,7 +17,7 @@ SHARED = REPO.parent / "shared"
 def _isolate(monkeypatch, tmp_path):
     """Keep every test away from a real /workspace and from the caller's AVA_* settings."""
     for name in list(os.environ):
-        if name.startswith("AVA_") or name == "JOB_NAME":
+        if name.startswith("AVA_") or name in ("JOB_NAME", "RANK"):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AVA_WORKSPACE", str(tmp_path / "default-ws"))
     yield

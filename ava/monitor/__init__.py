@@ -4,6 +4,7 @@
 #: ``epoch_end_callback(train_ins, **kw)``.
 FRAMEWORKS = {
     "mxnet": "ava.monitor.mxnet",
+    "gluon": "ava.monitor.gluon",
     "caffe": "ava.monitor.caffe",
     "torch": "ava.monitor.torch",
 }

@@ -143,7 +143,7 @@ def test_bad_metric_input_is_refused_and_nothing_recorded_is_lost(ws):
 
 def test_unknown_framework_lists_the_known_ones(ws):
     ins = open_instance(ws)
-    with pytest.raises(UsageError, match="unknown framework 'tensorflow'; known: caffe, mxnet, torch"):
+    with pytest.raises(UsageError, match="unknown framework 'tensorflow'; known: caffe, gluon, mxnet, torch"):
         ins.get_monitor_callback("tensorflow")
     ins.done()
 

@@ -1,0 +1,96 @@
+"""TorchMonitor under ``torchrun --nproc_per_node=2`` (gloo, CPU): one set of snapshots, metrics
+from both ranks, no duplicate ``(rank, seq)``."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from ava.metrics.sinks.jsonl import iter_records
+from ava.train import base as train
+from tests.integration.conftest import free_port
+
+pytestmark = pytest.mark.integration
+
+RANKS_SUPPORTED = "rank" in inspect.signature(train.TrainInstance).parameters
+
+SCRIPT = textwrap.dedent('''
+    import sys
+
+    import torch
+    import torch.distributed as dist
+
+    from ava.train import base as train
+
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    ins = train.TrainInstance(sys.argv[1], setup_logging=False)  # the workspace and rank come from the environment
+    torch.manual_seed(0)
+    centers = torch.randn(3, 16) * 0.6
+    y = torch.randint(0, 3, (400,))
+    x = centers[y] + torch.randn(400, 16)
+    x, y = x[rank::world], y[rank::world]  # each rank trains on its shard
+    torch.manual_seed(1)
+    model = torch.nn.parallel.DistributedDataParallel(
+        torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    mon = ins.get_monitor_callback("torch", log_every=5, batch_size=20)
+    assert mon.rank == rank, (mon.rank, rank)
+    start, _ = mon.resume(model, opt)
+    for epoch in range(start, 2):
+        for k in range(0, len(x), 20):
+            loss = torch.nn.functional.cross_entropy(model(x[k:k + 20]), y[k:k + 20])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step(loss=loss, optimizer=opt)
+        with torch.no_grad():
+            acc = (model(x).argmax(1) == y).float().mean()
+        mon.epoch_end(model, opt, epoch, accuracy=acc)
+    dist.barrier()
+    ins.done()
+    dist.destroy_process_group()
+''')
+
+
+@pytest.mark.skipif(not RANKS_SUPPORTED, reason="TrainInstance has no rank support yet (RANK from the environment)")
+def test_two_ranks_one_set_of_snapshots_and_metrics_from_both(tmp_path):
+    script = tmp_path / "ddp_train.py"
+    script.write_text(SCRIPT)
+    ws = tmp_path / "ws"
+    env = {**os.environ, "AVA_WORKSPACE": str(ws), "OMP_NUM_THREADS": "1"}
+    env.pop("AVA_TRAINING_INSTANCE_ID", None)
+    repo = Path(__file__).resolve().parents[2]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH")) if p)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", str(script), "ddp-1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    run = ws / "run" / "ddp-1"
+    storage = ws / "storage" / "ddp-1" / "snapshots"
+    assert sorted(p.name for p in storage.iterdir()) == ["LATEST", "epoch-0000", "epoch-0001"]
+    for epoch in (0, 1):
+        assert sorted(p.name for p in (storage / f"epoch-{epoch:04d}").iterdir()) == [
+            "MANIFEST.json", f"checkpoint-{epoch:04d}.pt"]
+    assert sorted(p.name for p in (run / "output").iterdir()) == ["checkpoint-0000.pt", "checkpoint-0001.pt"]
+
+    records = [r for f in sorted((run / "logs").glob("metrics*.jsonl")) for r in iter_records(f)]
+    metrics = [r for r in records if "event" not in r]
+    assert {r["rank"] for r in metrics} == {0, 1}
+    for rank in (0, 1):
+        steps = sorted(r["step"] for r in metrics if r["rank"] == rank and r["name"] == "loss")
+        assert steps == list(range(5, 21, 5))  # 10 steps an epoch on each rank's shard
+        assert len([r for r in metrics if r["rank"] == rank and r["phase"] == "val"]) == 2
+    keys = [(r["rank"], r["seq"]) for r in records]
+    assert len(keys) == len(set(keys))
+    snapshot_events = [r for r in records if r.get("event") == "snapshot"]
+    assert [(r["rank"], r["name"]) for r in snapshot_events] == [(0, "epoch-0000"), (0, "epoch-0001")]
+    assert json.loads((run / "status.json").read_text())["status"] == "done"
