@@ -31,6 +31,7 @@ AVA_S3_ENDPOINT = "AVA_S3_ENDPOINT"
 AVA_DONE_TIMEOUT = "AVA_DONE_TIMEOUT"
 AVA_TENSORBOARD = "AVA_TENSORBOARD"
 AVA_LOG_LEVEL = "AVA_LOG_LEVEL"
+RANK = "RANK"  # torchrun's global rank
 
 DEFAULT_WORKSPACE = "/workspace"
 DEFAULT_DONE_TIMEOUT = 10.0
@@ -121,6 +122,20 @@ class Env:
     @property
     def tensorboard(self) -> bool:
         return (self.get(AVA_TENSORBOARD) or "").strip().lower() in {"1", "true", "yes", "on"}
+
+    @property
+    def rank(self) -> int:
+        """This process's rank in a distributed run (``RANK``, as torchrun sets it); 0 when unset."""
+        raw = self.get(RANK)
+        if raw is None:
+            return 0
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{RANK}={raw!r} is not an integer rank") from None
+        if value < 0:
+            raise ConfigError(f"{RANK}={raw!r} must be 0 or more")
+        return value
 
     @property
     def log_level(self) -> str | None:

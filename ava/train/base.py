@@ -94,6 +94,8 @@ class TrainInstance:
         workspace: the workspace root; None finds it from the environment.
         env: the environment mapping to read (``os.environ`` by default).
         tensorboard: write TensorBoard event files; None follows ``AVA_TENSORBOARD``.
+        rank: this process's rank (None: ``RANK``, else 0). Rank 0 owns ``status.json`` and the
+            platform's copy; rank k > 0 records to ``logs/metrics.rank<k>.jsonl`` and needs the id.
         setup_logging: call :func:`ava.log.logger.initialize_logger` on ``logs/`` (as the old SDK did).
         max_buffer: metric calls buffered before ``log_metrics`` waits.
 
@@ -114,6 +116,7 @@ class TrainInstance:
         setup_logging: bool = True,
         max_buffer: int = 10_000,
         tensorboard: bool | None = None,
+        rank: int | None = None,
     ) -> None:
         self._env = env if isinstance(env, Env) else Env(env)
         if isinstance(workspace, Workspace):
@@ -126,12 +129,18 @@ class TrainInstance:
         explicit = training_ins_id if training_ins_id is not None else self._env.training_instance_id
         if explicit is not None:
             check_instance_id(explicit)
+        self.rank = self._env.rank if rank is None else int(rank)
+        if self.rank > 0 and explicit is None:
+            raise InstanceError(
+                f"rank {self.rank} needs the instance id of rank 0: pass training_ins_id= or set "
+                "AVA_TRAINING_INSTANCE_ID (every rank of a run shares one instance)"
+            )
         config_dir = self.workspace.config_dir
-        self._platform = PlatformLink.from_env(self._env, config_dir)
+        # Rank 0 owns the platform's copy of the instance, status.json and the run's status.
+        self._platform = PlatformLink.from_env(self._env, config_dir) if self.rank == 0 else None
         if self._platform is not None:
             explicit = self._platform.open(explicit, self._platform_spec()) or explicit
         self.training_ins_id = check_instance_id(explicit) if explicit is not None else new_instance_id()
-        self.rank = 0
         self._pid = os.getpid()
         self._done_lock = threading.Lock()
         self._status_doc: dict[str, Any] | None = None
@@ -142,17 +151,23 @@ class TrainInstance:
         self.logs_dir = self.run_dir / "logs"
         for d in (self.output_dir, self.logs_dir):
             self.workspace._mkdir(d)
-        self.metrics_path = self.logs_dir / "metrics.jsonl"
+        suffix = "" if self.rank == 0 else f".rank{self.rank}"
+        self.metrics_path = self.logs_dir / f"metrics{suffix}.jsonl"
         self.status_path = self.run_dir / "status.json"
+        self._snapshot_state = self.run_dir / f"snapshots{suffix}.json"
 
         if setup_logging:
-            initialize_logger(self.logs_dir, env=self._env)
+            initialize_logger(self.logs_dir, node=None if self.rank == 0 else f"rank{self.rank}", env=self._env)
         # The metrics file's flock is the instance's lock: take it before touching status.json.
         sink = JsonlSink(self.metrics_path, rank=self.rank)
         start_seq = 0 if sink.last_seq is None else sink.last_seq + 1
         self._status = StatusFile(self.status_path)
         try:
-            self._status_doc = self._status.begin(self.training_ins_id)
+            if self.rank == 0:
+                self._status_doc = self._status.begin(self.training_ins_id)
+            else:  # other ranks keep their status in memory; rank 0 writes the run's
+                self._status_doc = {"id": self.training_ins_id, "status": STATUS_RUNNING,
+                                    "start_time": now_rfc3339(), "history": []}
         except BaseException:
             sink.close()
             raise
@@ -267,7 +282,7 @@ class TrainInstance:
         """The background uploader of this instance (started on first use)."""
         if self._uploader is None:
             self._uploader = SnapshotUploader(
-                join_url(self.storage_url, "snapshots"), self.run_dir / "snapshots.json",
+                join_url(self.storage_url, "snapshots"), self._snapshot_state,
                 on_metrics=lambda m: self.log_metrics(m, step=None),
             )
         return self._uploader
@@ -345,6 +360,11 @@ class TrainInstance:
                                 self._http.backlog_bytes(), self._http.base_url, budget, self.metrics_path)
                 self._http.stop()
             status = STATUS_FAILED if err_msg else STATUS_DONE
+            if self.rank != 0:
+                self._status_doc = dict(self._status_doc, status=status, err_msg=str(err_msg or ""),
+                                        stop_time=now_rfc3339(), exit_code=exit_code)
+                _live.discard(self)
+                return
             self._status_doc = self._status.finish(self._status_doc, status, str(err_msg or ""), exit_code)
             if self._platform is not None:
                 self._platform.finish(self.training_ins_id, status, str(err_msg or ""),

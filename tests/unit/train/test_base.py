@@ -234,3 +234,19 @@ def test_done_does_not_wait_forever_for_uploads(ws, monkeypatch):
     state = json.loads((ins.run_dir / "snapshots.json").read_text())
     assert state["snapshots"][0]["state"] == "pending"
     registry._instances.pop("down", None)
+
+
+def test_other_ranks_record_beside_rank_0_and_leave_the_status_to_it(ws):
+    with pytest.raises(InstanceError, match="rank 1 needs the instance id of rank 0"):
+        train.TrainInstance(workspace=ws.root, setup_logging=False, env={"RANK": "1"})
+    r0 = open_instance(ws, "dist")
+    r1 = train.TrainInstance("dist", workspace=ws.root, setup_logging=False, env={"RANK": "1"})
+    r0.log_metrics({"loss": 1.0}, step=1)
+    r1.log_metrics({"loss": 2.0}, step=1)
+    r1.done(err_msg="rank 1 saw a NaN")
+    assert status(r0)["status"] == "running"
+    r0.done()
+    assert status(r0)["status"] == "done"
+    logs = ws.root / "run" / "dist" / "logs"
+    assert [(r["rank"], r["seq"], r["value"]) for r in iter_records(logs / "metrics.jsonl")] == [(0, 0, 1.0)]
+    assert [(r["rank"], r["seq"], r["value"]) for r in iter_records(logs / "metrics.rank1.jsonl")] == [(1, 0, 2.0)]
