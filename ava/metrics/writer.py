@@ -279,7 +279,14 @@ class MetricsWriter:
                 records.append(rec)
                 continue
             ts, step, epoch, batch, phase, metrics, net, units = item
+            ts = round(ts, 6)
             for name, value in metrics.items():
+                if type(value) is float and value - value == 0.0 and net is None and not units:
+                    # The common case, inlined: a finite float, no extra keys (make_record's shape).
+                    records.append({"ts": ts, "step": step, "epoch": epoch, "batch": batch, "phase": phase,
+                                    "name": name, "value": value, "rank": rank, "seq": self._seq})
+                    self._seq += 1
+                    continue
                 try:
                     number = to_json_number(value)
                 except Exception as exc:  # noqa: BLE001 - surfaced to the caller below

@@ -41,8 +41,56 @@ _SCAN_BLOCK = 1 << 16
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 
+_names: dict[str, str] = {}
+_METRIC_KEYS = ("ts", "step", "epoch", "batch", "phase", "name", "value", "rank", "seq")
+_OPTIONAL = ("net", "unit")
+
+
+def _int_or_null(v: Any) -> str:
+    return "null" if v is None else str(int(v))
+
+
 def encode_line(record: dict[str, Any]) -> bytes:
-    """One record as a UTF-8 line ending in ``\\n``."""
+    """One record as a UTF-8 line ending in ``\\n``.
+
+    Metric records built by the writer (the contract's keys, converted values) are formatted
+    directly, which is several times faster than ``json.dumps`` and gives the same text; any
+    other record goes through the JSON encoder.
+    """
+    if "event" not in record and len(record) <= 11:
+        try:
+            name = record["name"]
+            name_json = _names.get(name)
+            if name_json is None:
+                name_json = _names[name] = _dumps(name)
+            value = record["value"]
+            vt = type(value)
+            if vt is float:
+                value_json = repr(value)
+            elif vt is int:
+                value_json = str(value)
+            elif value in ("nan", "inf", "-inf"):
+                value_json = f'"{value}"'
+            else:
+                raise TypeError
+            text = (f'{{"ts":{record["ts"]!r},"step":{_int_or_null(record["step"])},'
+                    f'"epoch":{_int_or_null(record["epoch"])},"batch":{_int_or_null(record["batch"])},'
+                    f'"phase":"{record["phase"]}","name":{name_json},"value":{value_json},'
+                    f'"rank":{_int_or_null(record["rank"])},"seq":{int(record["seq"])}')
+            extra = len(record) - 9
+            if extra:
+                if "net" in record:
+                    text += f',"net":{_int_or_null(record["net"])}'
+                    extra -= 1
+                if "unit" in record:
+                    text += f',"unit":{_dumps(record["unit"])}'
+                    extra -= 1
+                if extra:
+                    raise TypeError
+            if record["phase"] in ("train", "val", "test") and type(record["ts"]) is float:
+                return (text + "}\n").encode("utf-8")
+        except (KeyError, TypeError, ValueError):
+            pass
     return (_dumps(record) + "\n").encode("utf-8")
 
 
