@@ -14,6 +14,7 @@ import bench_import  # noqa: E402
 import bench_log_metrics  # noqa: E402
 import bench_mp_log  # noqa: E402
 import bench_parse_log  # noqa: E402
+import bench_storage  # noqa: E402
 
 
 def main() -> int:
@@ -36,6 +37,8 @@ def main() -> int:
     ok &= res["ava_mbps"] >= bench_cmd.TARGET_MBPS and res["lost"] == 0
     print("\n== framework adapters ==")
     ok &= bench_frameworks.targets_met(bench_frameworks.main())
+    print("\n== object storage ==")
+    ok &= bench_storage.targets_met(bench_storage.main())
     print("\nall targets met" if ok else "\nSOME TARGETS MISSED")
     return 0 if ok else 1
 

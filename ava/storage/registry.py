@@ -16,6 +16,8 @@ from ava.storage.base import Storage
 #: scheme -> (dotted class path, install hint)
 BACKENDS: dict[str, tuple[str, str]] = {
     "file": ("ava.storage.local:LocalStorage", ""),
+    "s3": ("ava.storage.s3:S3Storage", "pip install 'ava-sdk[s3]'"),
+    "qiniu": ("ava.storage.qiniu:QiniuStorage", "pip install 'ava-sdk[qiniu]'"),
 }
 
 _instances: dict[str, Storage] = {}
