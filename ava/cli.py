@@ -78,11 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_get.add_argument("--default", help="printed when the key is missing (parsed as JSON if it is JSON)")
     p_get.set_defaults(func=_cmd_params_get)
 
-    from ava import parse_log, run_cmd, runs
+    from ava import parse_log, run_cmd, runs, transfer_cli
 
     run_cmd.add_parser(sub)
     parse_log.add_parser(sub)
     runs.add_parser(sub)
+    transfer_cli.add_parser(sub)
     return parser
 
 

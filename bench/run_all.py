@@ -8,6 +8,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_cmd  # noqa: E402
+import bench_fetch  # noqa: E402
 import bench_frameworks  # noqa: E402
 import bench_http  # noqa: E402
 import bench_import  # noqa: E402
@@ -39,6 +40,8 @@ def main() -> int:
     ok &= bench_frameworks.targets_met(bench_frameworks.main())
     print("\n== object storage ==")
     ok &= bench_storage.targets_met(bench_storage.main())
+    print("\n== downloads ==")
+    ok &= bench_fetch.met(bench_fetch.main())
     print("\nall targets met" if ok else "\nSOME TARGETS MISSED")
     return 0 if ok else 1
 

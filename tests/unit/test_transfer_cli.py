@@ -1,0 +1,158 @@
+"""``ava upload`` and ``ava fetch``: file:// and http:// sources, exit codes, the summary line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+
+import pytest
+
+from ava import cli, transfer_cli
+from tests.support.file_server import FileServer
+
+SUMMARY = re.compile(r"^(uploaded|fetched) (\d+) files?, ([\d,]+) bytes in \d+\.\d\d s \(\d+\.\d MB/s\) to (.+)$")
+
+
+@pytest.fixture
+def ava(monkeypatch, capsys):
+    """Run ``ava ARGS...`` in-process; returns (exit code, stdout, stderr)."""
+    build = cli.build_parser
+
+    def with_transfer() -> argparse.ArgumentParser:
+        parser = build()
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        if "upload" not in sub.choices:  # until ava.cli registers the commands itself
+            transfer_cli.add_parser(sub)
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", with_transfer)
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = cli.main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def summary(out: str) -> re.Match:
+    lines = out.strip().splitlines()
+    m = SUMMARY.match(lines[-1])
+    assert m, out
+    return m
+
+
+def test_upload_and_fetch_one_file(ava, tmp_path):
+    src = tmp_path / "model.bin"
+    src.write_bytes(os.urandom(5000))
+    code, out, _ = ava("upload", str(src), f"file://{tmp_path}/store/run1/model.bin")
+    assert code == 0
+    assert summary(out).group(1, 2, 3, 4) == ("uploaded", "1", "5,000", f"file://{tmp_path}/store/run1/model.bin")
+    assert (tmp_path / "store/run1/model.bin").read_bytes() == src.read_bytes()
+
+    (tmp_path / "back").mkdir()
+    code, out, _ = ava("fetch", f"file://{tmp_path}/store/run1/model.bin", str(tmp_path / "back"))
+    assert code == 0
+    assert summary(out).group(1, 2, 3) == ("fetched", "1", "5,000")
+    assert (tmp_path / "back/model.bin").read_bytes() == src.read_bytes()
+
+
+def test_upload_to_a_prefix_ending_in_slash_keeps_the_name(ava, tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text("a")
+    code, out, _ = ava("upload", str(src), f"file://{tmp_path}/store/")
+    assert code == 0 and (tmp_path / "store/a.txt").read_text() == "a"
+
+
+def test_upload_and_fetch_a_tree(ava, tmp_path):
+    src = tmp_path / "out"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_text("aa")
+    (src / "sub" / "b.txt").write_text("bbb")
+    code, out, _ = ava("upload", str(src), f"file://{tmp_path}/store/run1", "-j", "2")
+    assert code == 0 and summary(out).group(2, 3) == ("2", "5")
+    code, out, _ = ava("fetch", f"file://{tmp_path}/store/run1", str(tmp_path / "back"))
+    assert code == 0 and summary(out).group(2, 3) == ("2", "5")
+    assert (tmp_path / "back/sub/b.txt").read_text() == "bbb"
+
+
+def test_bad_input_exits_2_with_one_line(ava, tmp_path):
+    code, _, err = ava("upload", str(tmp_path / "absent"), f"file://{tmp_path}/store/x")
+    assert code == 2 and "no such file or directory" in err and err.count("\n") == 1
+    code, _, err = ava("upload", __file__, "ftp://host/x")
+    assert code == 2 and "unknown storage scheme 'ftp'" in err and "known: " in err and "file" in err
+    code, _, err = ava("fetch", "ftp://host/x", str(tmp_path / "x"))
+    assert code == 2 and "unknown storage scheme 'ftp'" in err
+    code, _, err = ava("fetch", f"file://{tmp_path}/store/nothing", str(tmp_path / "x"))
+    assert code == 2 and "no object at" in err
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture
+def srv(tmp_path):
+    root = tmp_path / "srv"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "train.rec").write_bytes(os.urandom(200_000))
+    with FileServer(root) as server:
+        yield server
+
+
+def test_fetch_http_into_a_directory_through_drops(ava, srv, tmp_path):
+    srv.faults.drop_after, srv.faults.drop_count = 50_000, 2
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    code, out, err = ava("fetch", srv.url_for("data/train.rec"), str(dest))
+    assert code == 0, err
+    m = summary(out)
+    assert m.group(1, 2, 3, 4) == ("fetched", "1", "200,000", str(dest / "train.rec"))
+    assert (dest / "train.rec").read_bytes() == (srv.root / "data/train.rec").read_bytes()
+    assert srv.stats.body_bytes == 200_000
+
+
+def test_fetch_http_progress_bar_on_request(ava, srv, tmp_path):
+    pytest.importorskip("tqdm")
+    code, out, err = ava("fetch", "--progress", srv.url_for("data/train.rec"), str(tmp_path / "t.rec"))
+    assert code == 0 and "100%" in err
+    code, out, err = ava("fetch", srv.url_for("data/train.rec"), str(tmp_path / "t2.rec"))
+    assert code == 0 and err == ""  # stderr is not a terminal here: no bar
+
+
+def test_fetch_http_errors(ava, srv, tmp_path, monkeypatch):
+    code, _, err = ava("fetch", srv.url_for("data/missing.rec"), str(tmp_path / "m.rec"))
+    assert code == 2 and "HTTP 404" in err
+    monkeypatch.setattr("ava.utils.fetcher.Fetcher._delay", lambda self, failures: 0.0)
+    srv.faults.fail_count = 100
+    target = tmp_path / "t.rec"
+    target.write_bytes(b"old")
+    code, _, err = ava("fetch", srv.url_for("data/train.rec"), str(target))
+    assert code == 1 and "HTTP 500" in err
+    assert target.read_bytes() == b"old"
+    code, _, err = ava("fetch", srv.url + "/data/", str(tmp_path))
+    assert code == 2 and "file name" in err
+
+
+def test_upload_and_fetch_a_tree_through_qiniu(ava, tmp_path, monkeypatch):
+    pytest.importorskip("qiniu")
+    from ava.storage import registry
+    from tests.support.kodo_server import KodoServer
+
+    monkeypatch.setattr(registry, "_instances", {})
+    src = tmp_path / "out"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.bin").write_bytes(os.urandom(3000))
+    (src / "sub" / "b.bin").write_bytes(os.urandom(4000))
+    with KodoServer(tmp_path / "kodo") as kodo:
+        kodo.create_bucket("models")
+        for name, value in kodo.env().items():
+            monkeypatch.setenv(name, value)
+        code, out, err = ava("upload", str(src), "qiniu://models/run1")
+        assert code == 0, err
+        assert summary(out).group(2, 3) == ("2", "7,000")
+        code, out, err = ava("fetch", "qiniu://models/run1", str(tmp_path / "back"))
+        assert code == 0, err
+        assert summary(out).group(2, 3) == ("2", "7,000")
+        code, out, err = ava("fetch", "qiniu://models/run1/sub/b.bin", str(tmp_path / "one.bin"))
+        assert code == 0, err
+    assert (tmp_path / "back/sub/b.bin").read_bytes() == (src / "sub/b.bin").read_bytes()
+    assert (tmp_path / "one.bin").read_bytes() == (src / "sub/b.bin").read_bytes()
