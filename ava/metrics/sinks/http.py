@@ -52,26 +52,24 @@ def parse_base_url(url: str) -> tuple[str, str, int, str]:
     return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80), parts.path.rstrip("/")
 
 
-class _Connection(http.client.HTTPConnection):
-    """HTTPConnection with separate connect and read timeouts."""
+class _Timeouts:
+    """Separate connect and read timeouts for an http.client connection class."""
 
     def __init__(self, host: str, port: int, connect_timeout: float, read_timeout: float) -> None:
-        super().__init__(host, port, timeout=connect_timeout)
+        super().__init__(host, port, timeout=connect_timeout)  # type: ignore[call-arg]
         self.read_timeout = read_timeout
 
     def connect(self) -> None:
-        super().connect()
-        self.sock.settimeout(self.read_timeout)
+        super().connect()  # type: ignore[misc]
+        self.sock.settimeout(self.read_timeout)  # type: ignore[attr-defined]
 
 
-class _TLSConnection(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, connect_timeout: float, read_timeout: float) -> None:
-        super().__init__(host, port, timeout=connect_timeout)
-        self.read_timeout = read_timeout
+class _Connection(_Timeouts, http.client.HTTPConnection):
+    pass
 
-    def connect(self) -> None:
-        super().connect()
-        self.sock.settimeout(self.read_timeout)
+
+class _TLSConnection(_Timeouts, http.client.HTTPSConnection):
+    pass
 
 
 class _Refused(Exception):
