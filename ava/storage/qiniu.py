@@ -51,7 +51,7 @@ from urllib.parse import quote
 
 from ava.env import AVA_ACCESS_KEY, AVA_SECRET_KEY, Env
 from ava.errors import AvaError, ObjectNotFoundError, StorageError, UsageError
-from ava.storage.base import ObjectInfo, Storage
+from ava.storage.base import ObjectInfo, Storage, split_bucket_url, split_object_url
 from ava.utils.fileio import atomic_write_text, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -187,19 +187,10 @@ class QiniuStorage(Storage):
     @staticmethod
     def split(url: str) -> tuple[str, str]:
         """``qiniu://bucket/key`` -> ``("bucket", "key")`` (the key may be empty)."""
-        if not url.startswith("qiniu://"):
-            raise UsageError(f"{url!r} is not a qiniu:// URL; write qiniu://bucket/key")
-        bucket, _, key = url[len("qiniu://"):].partition("/")
-        if not bucket:
-            raise StorageError(f"{url!r} names no bucket; write qiniu://bucket/key")
-        return bucket, key
+        return split_bucket_url(url, "qiniu")
 
     def _split_key(self, url: str) -> tuple[str, str]:
-        bucket, key = self.split(url)
-        if not key or key.endswith("/"):
-            raise StorageError(f"{url!r} names no object (the key is empty or ends with '/'); "
-                               "write qiniu://bucket/key")
-        return bucket, key
+        return split_object_url(url, "qiniu")
 
     def _config_dir(self) -> Path | None:
         """The workspace's ``config/`` as ``Workspace.discover`` finds it, without creating anything."""

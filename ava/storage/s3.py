@@ -35,7 +35,7 @@ from typing import Any
 
 from ava.env import AVA_S3_ENDPOINT, Env
 from ava.errors import ObjectNotFoundError, StorageError, UsageError
-from ava.storage.base import ObjectInfo, Storage
+from ava.storage.base import ObjectInfo, Storage, split_bucket_url, split_object_url
 from ava.utils.fileio import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -161,18 +161,10 @@ class S3Storage(Storage):
     @staticmethod
     def split(url: str) -> tuple[str, str]:
         """``s3://bucket/key`` -> ``("bucket", "key")`` (the key may be empty)."""
-        if not url.startswith("s3://"):
-            raise UsageError(f"{url!r} is not an s3:// URL; write s3://bucket/key")
-        bucket, _, key = url[len("s3://"):].partition("/")
-        if not bucket:
-            raise StorageError(f"{url!r} names no bucket; write s3://bucket/key")
-        return bucket, key
+        return split_bucket_url(url, "s3")
 
     def _split_key(self, url: str) -> tuple[str, str]:
-        bucket, key = self.split(url)
-        if not key or key.endswith("/"):
-            raise StorageError(f"{url!r} names no object (the key is empty or ends with '/'); write s3://bucket/key")
-        return bucket, key
+        return split_object_url(url, "s3")
 
     @property
     def endpoint(self) -> str | None:
