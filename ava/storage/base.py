@@ -109,3 +109,17 @@ def split_object_url(url: str, scheme: str) -> tuple[str, str]:
         raise StorageError(f"{url!r} names no object (the key is empty or ends with '/'); "
                            f"write {scheme}://bucket/key")
     return bucket, key
+
+
+def upload_source(local: Path | str) -> tuple[Path, int]:
+    """The file to upload and its size; a clear error when it is missing or a directory."""
+    from ava.errors import ObjectNotFoundError, StorageError
+
+    path = Path(local)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ObjectNotFoundError(f"cannot upload {path}: no such file") from None
+    if path.is_dir():
+        raise StorageError(f"{path} is a directory; upload files one by one (or use upload_tree)")
+    return path, st.st_size

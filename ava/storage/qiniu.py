@@ -51,7 +51,7 @@ from urllib.parse import quote
 
 from ava.env import AVA_ACCESS_KEY, AVA_SECRET_KEY, Env
 from ava.errors import AvaError, ObjectNotFoundError, StorageError, UsageError
-from ava.storage.base import ObjectInfo, Storage, split_bucket_url, split_object_url
+from ava.storage.base import ObjectInfo, Storage, split_bucket_url, split_object_url, upload_source
 from ava.utils.fileio import atomic_write_text, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -354,14 +354,8 @@ class QiniuStorage(Storage):
         import qiniu
         from qiniu.utils import etag as file_etag
 
-        local = Path(local)
         bucket, key = self._split_key(url)
-        try:
-            st = local.stat()
-        except FileNotFoundError:
-            raise ObjectNotFoundError(f"cannot upload {local}: no such file") from None
-        if local.is_dir():
-            raise StorageError(f"{local} is a directory; upload files one by one (or use upload_tree)")
+        local, size = upload_source(local)
         try:
             expected = file_etag(str(local))
         except OSError as exc:
@@ -371,7 +365,7 @@ class QiniuStorage(Storage):
 
         def put() -> tuple[Any, Any]:
             # A fresh token each try: its lifetime covers this file even on a slow link.
-            token = self._auth(url).upload_token(bucket, key, expires=token_lifetime(st.st_size))
+            token = self._auth(url).upload_token(bucket, key, expires=token_lifetime(size))
             return qiniu.put_file_v2(token, key, str(local), upload_progress_recorder=recorder, regions=regions,
                                      part_size=BLOCK_SIZE, version="v2", bucket_name=bucket)
 
@@ -380,7 +374,7 @@ class QiniuStorage(Storage):
         if got != expected:
             raise StorageError(f"upload of {local} to {url}: Kodo stored hash {got!r}, the file's is {expected!r} "
                                "(did it change during the upload?); upload it again")
-        return ObjectInfo(url, st.st_size, got, time.time())
+        return ObjectInfo(url, size, got, time.time())
 
     def _recorder_for(self, bucket: str) -> Any:
         return _make_recorder(self.resume_dir(bucket))

@@ -35,7 +35,7 @@ from typing import Any
 
 from ava.env import AVA_S3_ENDPOINT, Env
 from ava.errors import ObjectNotFoundError, StorageError, UsageError
-from ava.storage.base import ObjectInfo, Storage, split_bucket_url, split_object_url
+from ava.storage.base import ObjectInfo, Storage, split_bucket_url, split_object_url, upload_source
 from ava.utils.fileio import fsync_dir
 
 log = logging.getLogger(__name__)
@@ -251,20 +251,14 @@ class S3Storage(Storage):
 
     # --- the interface ---------------------------------------------------------------------
     def upload(self, local: Path, url: str) -> ObjectInfo:
-        local = Path(local)
         bucket, key = self._split_key(url)
-        try:
-            st = local.stat()
-        except FileNotFoundError:
-            raise ObjectNotFoundError(f"cannot upload {local}: no such file") from None
-        if local.is_dir():
-            raise StorageError(f"{local} is a directory; upload files one by one (or use upload_tree)")
+        local, size = upload_source(local)
         client = self.client(url)
         try:
-            if st.st_size < self.multipart_threshold:
+            if size < self.multipart_threshold:
                 etag = self._put_small(client, local, bucket, key, url)
             else:
-                etag = self._put_multipart(client, local, bucket, key, url, st.st_size)
+                etag = self._put_multipart(client, local, bucket, key, url, size)
         except StorageError:
             raise
         except OSError as exc:
@@ -273,7 +267,7 @@ class S3Storage(Storage):
             raise StorageError(f"cannot upload {local} to {url}: {exc.strerror or exc}") from None
         except Exception as exc:  # noqa: BLE001 - boto3's own families, turned into one line
             raise self._error(exc, url, f"upload of {local} to") from None
-        return ObjectInfo(url, st.st_size, etag, time.time())
+        return ObjectInfo(url, size, etag, time.time())
 
     def _put_small(self, client: Any, local: Path, bucket: str, key: str, url: str) -> str:
         data = local.read_bytes()
