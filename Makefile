@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ava-installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test soak demo bench clean
 
 setup: $(STAMP)
 
@@ -15,6 +15,10 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# 8 ranks under load for AVA_SOAK_SECONDS (default 60); prints the figures docs/reliability.md quotes.
+soak: $(STAMP)
+	$(PY) -m pytest -s -m soak tests/soak $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) examples/demo_basic.py

@@ -1,7 +1,8 @@
 """The ``ava`` command line (CONTRACT.md section 6).
 
 Exit codes: 0 success; 2 bad usage or bad input, with a one-line reason on stderr; 1 other
-failures.
+failures. Log records go to stderr at ``AVA_LOG_LEVEL`` (default WARNING) through a handler that
+masks secrets, as do the error lines printed here.
 
 Example:
     $ ava init ./workspace
@@ -89,16 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (``ava`` the console script exits with it)."""
+    from ava.log.logger import initialize_console_logger
+    from ava.log.redact import redact
+
     parser = build_parser()
     args = parser.parse_args(argv)
     env = Env()
+    initialize_console_logger(env)
     try:
         return int(args.func(args, env))
     except (ParamsError, ParamsKeyError, ConfigError, UsageError, WorkspaceError) as exc:
-        print(f"ava: {exc}", file=sys.stderr)
+        print(f"ava: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except AvaError as exc:
-        print(f"ava: {exc}", file=sys.stderr)
+        print(f"ava: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return 130

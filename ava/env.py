@@ -31,10 +31,54 @@ AVA_S3_ENDPOINT = "AVA_S3_ENDPOINT"
 AVA_DONE_TIMEOUT = "AVA_DONE_TIMEOUT"
 AVA_TENSORBOARD = "AVA_TENSORBOARD"
 AVA_LOG_LEVEL = "AVA_LOG_LEVEL"
-RANK = "RANK"  # torchrun's global rank
+AVA_PREEMPT_TIMEOUT = "AVA_PREEMPT_TIMEOUT"
+AVA_HANDLE_SIGNALS = "AVA_HANDLE_SIGNALS"
+AVA_TLS_VERIFY = "AVA_TLS_VERIFY"  # "0" turns off certificate checks (and says so once)
+
+# Ranks, as each launcher sets them: (global rank, world size, local rank).
+RANK = "RANK"  # torchrun (torch.distributed.run)
+WORLD_SIZE = "WORLD_SIZE"
+LOCAL_RANK = "LOCAL_RANK"
+TORCHELASTIC_RUN_ID = "TORCHELASTIC_RUN_ID"  # torchrun's --rdzv-id; "none" when not given
+OMPI_COMM_WORLD_RANK = "OMPI_COMM_WORLD_RANK"  # Open MPI's mpirun (Horovod over MPI too)
+OMPI_COMM_WORLD_SIZE = "OMPI_COMM_WORLD_SIZE"
+OMPI_COMM_WORLD_LOCAL_RANK = "OMPI_COMM_WORLD_LOCAL_RANK"
+PMI_RANK = "PMI_RANK"  # MPICH / Intel MPI (Hydra)
+PMI_SIZE = "PMI_SIZE"
+MPI_LOCALRANKID = "MPI_LOCALRANKID"
+HOROVOD_RANK = "HOROVOD_RANK"  # horovodrun with its Gloo controller
+HOROVOD_SIZE = "HOROVOD_SIZE"
+HOROVOD_LOCAL_RANK = "HOROVOD_LOCAL_RANK"
+SLURM_PROCID = "SLURM_PROCID"  # srun
+SLURM_NTASKS = "SLURM_NTASKS"
+SLURM_LOCALID = "SLURM_LOCALID"
+SLURM_JOB_ID = "SLURM_JOB_ID"
+SLURM_STEP_ID = "SLURM_STEP_ID"
+DMLC_ROLE = "DMLC_ROLE"  # MXNet's parameter-server launchers (dmlc-tracker)
+DMLC_WORKER_ID = "DMLC_WORKER_ID"
+DMLC_TASK_ID = "DMLC_TASK_ID"
+DMLC_NUM_WORKER = "DMLC_NUM_WORKER"
+
+#: Launchers in order of precedence: (name, rank variable, world-size variable, local-rank variable).
+#: The first whose rank variable is set gives all three numbers; a torchrun started by mpirun or
+#: srun (one agent per node) is thus numbered by torchrun, not by the outer launcher.
+RANK_SOURCES: tuple[tuple[str, str, str, str | None], ...] = (
+    ("torchrun", RANK, WORLD_SIZE, LOCAL_RANK),
+    ("openmpi", OMPI_COMM_WORLD_RANK, OMPI_COMM_WORLD_SIZE, OMPI_COMM_WORLD_LOCAL_RANK),
+    ("pmi", PMI_RANK, PMI_SIZE, MPI_LOCALRANKID),
+    ("horovod", HOROVOD_RANK, HOROVOD_SIZE, HOROVOD_LOCAL_RANK),
+    ("slurm", SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID),
+    ("dmlc", DMLC_WORKER_ID, DMLC_NUM_WORKER, None),  # only with DMLC_ROLE=worker; DMLC_TASK_ID as well
+)
+#: Every variable a launcher sets that ``ava`` reads for ranks or for the run's shared id.
+RANK_VARIABLES = frozenset(
+    [name for source in RANK_SOURCES for name in source[1:] if name is not None]
+    + [DMLC_ROLE, DMLC_TASK_ID, TORCHELASTIC_RUN_ID, SLURM_JOB_ID, SLURM_STEP_ID]
+)
 
 DEFAULT_WORKSPACE = "/workspace"
 DEFAULT_DONE_TIMEOUT = 10.0
+DEFAULT_PREEMPT_TIMEOUT = 20.0
 
 # Names of the platform-provided files under <workspace>/config/.
 CONFIG_USER = "user"
@@ -106,36 +150,140 @@ class Env:
         return self.get(AVA_S3_ENDPOINT)
 
     @property
+    def tls_verify(self) -> bool:
+        """False only when ``AVA_TLS_VERIFY`` is ``0``/``false``/``no``/``off``: certificates are checked."""
+        return (self.get(AVA_TLS_VERIFY) or "").strip().lower() not in {"0", "false", "no", "off"}
+
+    @property
     def done_timeout(self) -> float:
         """Seconds ``done()`` may wait for delivery (``AVA_DONE_TIMEOUT``, default 10)."""
-        raw = self.get(AVA_DONE_TIMEOUT)
+        return self._seconds(AVA_DONE_TIMEOUT, DEFAULT_DONE_TIMEOUT)
+
+    @property
+    def preempt_timeout(self) -> float:
+        """Seconds the preemption path may wait for uploads and delivery (``AVA_PREEMPT_TIMEOUT``, default 20)."""
+        return self._seconds(AVA_PREEMPT_TIMEOUT, DEFAULT_PREEMPT_TIMEOUT)
+
+    @property
+    def handle_signals(self) -> bool:
+        """Whether a TrainInstance turns SIGTERM/SIGINT into a stop request (``AVA_HANDLE_SIGNALS=0`` opts out)."""
+        return (self.get(AVA_HANDLE_SIGNALS) or "1").strip().lower() not in {"0", "false", "no", "off"}
+
+    def _seconds(self, name: str, default: float) -> float:
+        raw = self.get(name)
         if raw is None:
-            return DEFAULT_DONE_TIMEOUT
+            return default
         try:
             value = float(raw)
         except ValueError:
-            raise ConfigError(f"{AVA_DONE_TIMEOUT}={raw!r} is not a number of seconds; set it to e.g. 10") from None
+            raise ConfigError(f"{name}={raw!r} is not a number of seconds; set it to e.g. {default:g}") from None
         if value < 0 or value != value:
-            raise ConfigError(f"{AVA_DONE_TIMEOUT}={raw!r} must be zero or more seconds")
+            raise ConfigError(f"{name}={raw!r} must be zero or more seconds")
         return value
 
     @property
     def tensorboard(self) -> bool:
         return (self.get(AVA_TENSORBOARD) or "").strip().lower() in {"1", "true", "yes", "on"}
 
+    # --- ranks -----------------------------------------------------------------------------
+    def _rank_vars(self) -> tuple[str, str, str, str | None] | None:
+        """The launcher that numbered this process: (name, rank var, size var, local var), or None."""
+        for source in RANK_SOURCES:
+            name, rank_var = source[0], source[1]
+            if name == "dmlc":
+                if (self.get(DMLC_ROLE) or "").strip().lower() != "worker":
+                    continue
+                if self.get(DMLC_WORKER_ID) is None and self.get(DMLC_TASK_ID) is not None:
+                    return (name, DMLC_TASK_ID, source[2], None)
+            if self.get(rank_var) is not None:
+                return source
+        return None
+
+    def _int_var(self, name: str, minimum: int) -> int | None:
+        raw = self.get(name)
+        if raw is None:
+            return None
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not an integer; the launcher sets it, so check how it was started") from None
+        if value < minimum:
+            raise ConfigError(f"{name}={raw!r} must be {minimum} or more")
+        return value
+
+    @property
+    def rank_source(self) -> str | None:
+        """Which launcher numbered this process (``torchrun``, ``openmpi``, ``pmi``, ``horovod``,
+        ``slurm``, ``dmlc``), or None when none did.
+
+        Example:
+            >>> Env({"OMPI_COMM_WORLD_RANK": "3", "OMPI_COMM_WORLD_SIZE": "4"}).rank_source
+            'openmpi'
+        """
+        found = self._rank_vars()
+        return found[0] if found else None
+
     @property
     def rank(self) -> int:
-        """This process's rank in a distributed run (``RANK``, as torchrun sets it); 0 when unset."""
-        raw = self.get(RANK)
-        if raw is None:
+        """This process's global rank: from the first launcher in :data:`RANK_SOURCES` that set
+        one (``RANK`` for torchrun); 0 when none did.
+
+        Raises:
+            ConfigError: the variable is not an integer, is negative, or is not below the world size.
+        """
+        found = self._rank_vars()
+        if found is None:
             return 0
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ConfigError(f"{RANK}={raw!r} is not an integer rank") from None
-        if value < 0:
-            raise ConfigError(f"{RANK}={raw!r} must be 0 or more")
+        _, rank_var, size_var, _ = found
+        value = self._int_var(rank_var, 0)
+        assert value is not None
+        size = self._int_var(size_var, 1)
+        if size is not None and value >= size:
+            raise ConfigError(f"{rank_var}={value} is not below {size_var}={size}; ranks count from 0")
         return value
+
+    @property
+    def world_size(self) -> int | None:
+        """How many ranks the run has: 1 when no launcher numbered this process; None when one
+        gave a rank but no size (a bare ``RANK`` set by hand).
+
+        Example:
+            >>> Env({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}).world_size
+            2
+        """
+        found = self._rank_vars()
+        if found is None:
+            return 1
+        _ = self.rank  # checks the rank against the size
+        return self._int_var(found[2], 1)
+
+    @property
+    def local_rank(self) -> int | None:
+        """This process's rank on its machine: 0 when no launcher numbered it; None when the
+        launcher does not say (MXNet's, or an MPI without ``MPI_LOCALRANKID``)."""
+        found = self._rank_vars()
+        if found is None:
+            return 0
+        local_var = found[3]
+        if local_var is None:
+            return None
+        value = self._int_var(local_var, 0)
+        size = self.world_size
+        if value is not None and size is not None and value >= size:
+            raise ConfigError(f"{local_var}={value} is not below the world size {size}")
+        return value
+
+    @property
+    def torchelastic_run_id(self) -> str | None:
+        """torchrun's run id (``--rdzv-id``); None when unset or torchrun's default ``"none"``."""
+        value = self.get(TORCHELASTIC_RUN_ID)
+        return None if value is None or value.strip().lower() == "none" else value
+
+    @property
+    def slurm_job_step(self) -> tuple[str, str | None] | None:
+        """(``SLURM_JOB_ID``, ``SLURM_STEP_ID`` or None), or None outside a Slurm job."""
+        job = self.get(SLURM_JOB_ID)
+        return None if job is None else (job, self.get(SLURM_STEP_ID))
 
     @property
     def log_level(self) -> str | None:

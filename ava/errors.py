@@ -3,7 +3,9 @@
 Every error the library raises on purpose derives from :class:`AvaError`, and where a built-in
 exception means the same thing, from that too, so ``except KeyError`` keeps working for code
 written against the old SDK. Messages are one line: what was wrong, where (file, key, line) and
-what to do about it.
+what to do about it. A message never carries a secret: keys, tokens and signed URL parameters
+are masked when the error is made (:func:`ava.log.redact.redact`), so ``str``, ``repr``,
+tracebacks and ``status.json`` all get the masked text.
 
 Example:
     >>> from ava.errors import ParamsKeyError
@@ -16,9 +18,33 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
+
+def redact_message(text: str) -> str:
+    """``text`` with secrets masked: what every :class:`AvaError` does to its message.
+
+    Example:
+        >>> redact_message("cannot fetch http://h/k?e=1&token=AK:4QLHOWG1mux410QhSQcWYKvpC6M=")
+        'cannot fetch http://h/k?e=***&token=***'
+    """
+    from ava.log.redact import redact  # the log layer sits above this module: import on use
+
+    return redact(text)
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for a message: signed query parameters and known secrets masked."""
+    return redact_message(url)
+
 
 class AvaError(Exception):
     """Root of every error `ava` raises on purpose."""
+
+    def __init__(self, *args: Any) -> None:
+        if args and isinstance(args[0], str):
+            args = (redact_message(args[0]), *args[1:])
+        super().__init__(*args)
 
     def __str__(self) -> str:
         # KeyError's __str__ quotes its argument; our messages are already sentences.

@@ -139,8 +139,9 @@ class SnapshotUploader:
         return snaps
 
     def _save_state(self) -> None:
+        # 0600: the storage URL and the errors kept here may name what credentials protect.
         atomic_write_text(self.state_file, json.dumps({"storage_url": self.storage_url, "snapshots": self._snapshots},
-                                                      indent=1) + "\n")
+                                                      indent=1) + "\n", mode=0o600)
 
     # --- the worker ------------------------------------------------------------------------
     def _next(self) -> dict[str, Any] | None:

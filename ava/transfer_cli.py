@@ -82,8 +82,11 @@ def _show_bar(args: argparse.Namespace) -> bool:
 
 
 def _redact(url: str) -> str:
+    """The URL without its query string (a signed URL's token) and with known secrets masked."""
+    from ava.log.redact import redact
+
     head, sep, _ = url.partition("?")
-    return head + ("?..." if sep else "")
+    return redact(head) + ("?..." if sep else "")
 
 
 def _summary(verb: str, files: int, nbytes: int, seconds: float, where: str) -> str:

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from ava.env import RANK_VARIABLES
 from ava.log.logger import close_logger
+from ava.utils import preempt
 from ava.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,11 +19,13 @@ SHARED = REPO.parent / "shared"
 def _isolate(monkeypatch, tmp_path):
     """Keep every test away from a real /workspace and from the caller's AVA_* settings."""
     for name in list(os.environ):
-        if name.startswith("AVA_") or name in ("JOB_NAME", "RANK"):
+        if name.startswith("AVA_") or name == "JOB_NAME" or name in RANK_VARIABLES or name == "TORCHELASTIC_RUN_ID":
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AVA_WORKSPACE", str(tmp_path / "default-ws"))
     yield
     close_logger()
+    preempt.uninstall()
+    preempt._reset_for_tests()
 
 
 @pytest.fixture

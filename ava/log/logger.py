@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ava.env import Env
+from ava.log.redact import RedactingFilter, add_redacting_filter, redact_values, refresh_secrets
 
 _HEADER = struct.Struct("!I")
 _SYNC = 0x8000_0000  # a control frame: "tell the owner you got here"
@@ -47,6 +48,12 @@ logger = logging.getLogger("ava")
 DEFAULT_FORMAT = "%(asctime)s %(levelname)s %(processName)s[%(process)d] %(name)s: %(message)s"
 
 
+def _open_private(path: str, truncate: bool = False) -> Any:
+    """Open ``path`` to append (or truncate), created with mode 0600: a log may quote what a secret protects."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND) | getattr(os, "O_CLOEXEC", 0)
+    return os.fdopen(os.open(path, flags, 0o600), "wb")
+
+
 class _RotatingFile:
     """Binary append with size-based rotation, named as the standard library names it."""
 
@@ -54,7 +61,7 @@ class _RotatingFile:
         self.path = path
         self.max_bytes = max_bytes
         self.backup_count = backup_count
-        self._fh = open(path, "wb" if mode.startswith("w") else "ab")
+        self._fh = _open_private(path, truncate=mode.startswith("w"))
         self.size = os.fstat(self._fh.fileno()).st_size
 
     def write(self, records: list[bytes]) -> None:
@@ -79,7 +86,7 @@ class _RotatingFile:
             if os.path.exists(src):
                 os.replace(src, f"{self.path}.{i + 1}")
         os.replace(self.path, f"{self.path}.1")
-        self._fh = open(self.path, "ab")
+        self._fh = _open_private(self.path)
         self.size = 0
 
     def close(self) -> None:
@@ -215,6 +222,9 @@ class _Listener(threading.Thread):
 class MultiProcessingLogHandler(logging.Handler):
     """A handler any number of processes can log through into one rotating file.
 
+    Every record passes a :class:`~ava.log.redact.RedactingFilter` (secrets, tokens and signed
+    URL parameters are masked) and the file is created with mode 0600.
+
     The process that creates it owns the file. Forked children inherit it and just use it;
     a spawned child receives it as an argument (it pickles into a sender on the same socket)
     and adds it to its logger. ``close()`` in the owner stops the listener thread after
@@ -236,6 +246,7 @@ class MultiProcessingLogHandler(logging.Handler):
 
     def __init__(self, filename: str | os.PathLike[str], mode: str = "a", maxBytes: int = 0, backupCount: int = 10) -> None:
         super().__init__()
+        self.addFilter(RedactingFilter())
         self.baseFilename = os.path.abspath(os.fspath(filename))
         self.maxBytes = maxBytes
         self.backupCount = backupCount
@@ -272,8 +283,11 @@ class MultiProcessingLogHandler(logging.Handler):
         """Send already-formatted text (whole lines, without the final newline) as one record.
 
         For bulk output such as a wrapped child process's lines: no formatter, no LogRecord,
-        one frame however many lines the text holds, so lines stay together and in order.
+        one frame however many lines the text holds, so lines stay together and in order. Only
+        the known secret values are masked here (a substring check each), which bulk output can
+        afford; the patterns of :func:`~ava.log.redact.redact` are for records.
         """
+        text = redact_values(text)
         data = text.encode("utf-8", "backslashreplace")
         with self.lock:  # type: ignore[union-attr]
             self._send(_HEADER.pack(len(data)) + data, text)
@@ -341,6 +355,7 @@ class MultiProcessingLogHandler(logging.Handler):
 def _make_sender(address: str, filename: str, level: int, formatter: logging.Formatter | None) -> MultiProcessingLogHandler:
     handler = MultiProcessingLogHandler.__new__(MultiProcessingLogHandler)
     logging.Handler.__init__(handler, level)
+    handler.addFilter(RedactingFilter())
     handler.setFormatter(formatter)
     handler.baseFilename = filename
     handler.maxBytes = handler.backupCount = 0
@@ -358,8 +373,36 @@ def _make_sender(address: str, filename: str, level: int, formatter: logging.For
 _MANAGED = "_ava_managed"
 
 
+def console_handler(level: int, formatter: logging.Formatter | None = None) -> logging.Handler:
+    """A stderr handler that masks secrets, marked as installed by ava (``close_logger`` removes it).
+
+    Records logged with ``extra={"ava_console": False}`` (e.g. a child's output that was already
+    echoed raw) are left out.
+    """
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(formatter or logging.Formatter(DEFAULT_FORMAT))
+    console.setLevel(level)
+    console.addFilter(lambda record: getattr(record, "ava_console", True))
+    add_redacting_filter(console)
+    setattr(console, _MANAGED, True)
+    return console
+
+
+def _config_dir_of(workdir: Path) -> Path | None:
+    """``<workspace>/config`` when ``workdir`` is a run's ``<workspace>/run/<id>/logs``."""
+    try:
+        parents = workdir.resolve().parents
+        if len(parents) >= 3 and parents[1].name == "run":
+            config = parents[2] / "config"
+            return config if config.is_dir() else None
+    except OSError:
+        pass
+    return None
+
+
 def initialize_logger(workdir: str | os.PathLike[str], node: str | None = None, debug: bool = False, *,
-                      max_bytes: int = 64 << 20, backup_count: int = 10, env: Env | None = None) -> logging.Logger:
+                      max_bytes: int = 64 << 20, backup_count: int = 10, env: Env | None = None,
+                      config_dir: str | os.PathLike[str] | None = None) -> logging.Logger:
     """Log to ``<workdir>/run.log`` (``run.<node>.log`` with a node) and to stderr.
 
     ``workdir`` is a run's ``logs/`` directory (``TrainInstance`` passes its own). Handlers go on
@@ -371,11 +414,18 @@ def initialize_logger(workdir: str | os.PathLike[str], node: str | None = None, 
         workdir: the directory of the log file (created if missing).
         node: a node name, for runs whose nodes share one filesystem.
         debug: log at DEBUG; otherwise ``AVA_LOG_LEVEL`` or INFO.
+        config_dir: the workspace's ``config/``, whose ``user`` secrets are masked in the log;
+            found from ``workdir`` (``<workspace>/run/<id>/logs``) or the environment by default.
+
+    Every handler it installs masks secrets (:class:`~ava.log.redact.RedactingFilter`), which
+    are read again from the environment and ``config/user`` at each call.
 
     Returns:
         The ``ava`` logger.
     """
     env = env or Env()
+    config = Path(config_dir) if config_dir is not None else _config_dir_of(Path(workdir))
+    refresh_secrets(env, config)
     level = logging.DEBUG if debug else logging.getLevelName((env.log_level or "INFO").upper())
     if not isinstance(level, int):
         level = logging.INFO
@@ -398,17 +448,36 @@ def initialize_logger(workdir: str | os.PathLike[str], node: str | None = None, 
         for h in root.handlers
     )
     if not has_console:
-        console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(formatter)
-        console.setLevel(level)
-        # Records logged with extra={"ava_console": False} (e.g. a child's output that was
-        # already echoed raw) go to the file only.
-        console.addFilter(lambda record: getattr(record, "ava_console", True))
-        setattr(console, _MANAGED, True)
-        root.addHandler(console)
+        root.addHandler(console_handler(level, formatter))
     if root.level == logging.NOTSET or root.level > level:
         root.setLevel(level)
     return logger
+
+
+CONSOLE_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def initialize_console_logger(env: Env | None = None, default_level: str = "WARNING") -> logging.Handler | None:
+    """For command-line tools: log to stderr at ``AVA_LOG_LEVEL`` (else ``default_level``), masking secrets.
+
+    Does nothing when handlers of :func:`initialize_logger` are installed already; a later
+    :func:`initialize_logger` (``ava run`` starting an instance) replaces this one.
+
+    Returns:
+        The handler installed, or None.
+    """
+    env = env or Env()
+    root = logging.getLogger()
+    if any(getattr(h, _MANAGED, False) for h in root.handlers):
+        return None
+    level = logging.getLevelName((env.log_level or default_level).upper())
+    if not isinstance(level, int):
+        level = logging.getLevelName(default_level)
+    handler = console_handler(level, logging.Formatter(CONSOLE_FORMAT))
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > level:
+        root.setLevel(level)
+    return handler
 
 
 def run_log_handler() -> MultiProcessingLogHandler | None:

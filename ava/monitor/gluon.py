@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from ava.errors import UsageError
+from ava.utils import preempt
 from ava.monitor.mxnet import _as_dict, _Guard, _mx, _positive_int, optimizer_lr
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ class MonitorHandler(_eh.TrainBegin, _eh.EpochBegin, _eh.BatchEnd, _eh.EpochEnd)
         self.priority = priority
         self._units = {"speed": "samples/s"}
         self._guard = _Guard("ava gluon MonitorHandler")
+        train_ins.should_stop()  # a stop request now waits for the end of a batch
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -165,6 +167,8 @@ class MonitorHandler(_eh.TrainBegin, _eh.EpochBegin, _eh.BatchEnd, _eh.EpochEnd)
         self._val_before = _state_objects(estimator.val_metrics)
 
     def batch_end(self, estimator: Any, *args: Any, **kwargs: Any) -> bool:
+        if preempt.STOP.requested:  # leave between batches (a rewind to the last snapshot)
+            self._ins.exit_preempted()
         try:
             n = self.batch_size or _batch_len(kwargs.get("batch")) or 0
             self.samples += n
@@ -250,6 +254,7 @@ class SnapshotHandler(_eh.TrainBegin, _eh.BatchEnd, _eh.EpochEnd):
                                     epoch, self.directory, self.prefix, step=self.step)
             except Exception as exc:  # noqa: BLE001
                 self._guard.report(exc)
+        self._ins.exit_preempted()  # only after a stop request: the snapshot above is submitted
         return False
 
 
@@ -315,6 +320,7 @@ class LoopMonitor:
         self._window = 0
         self._tic: float | None = None
         self._units = {"speed": "samples/s"}
+        train_ins.should_stop()  # a stop request now waits for the next step()
 
     def step(self, loss: Any = None, batch_size: int | None = None, trainer: Any = None, **values: Any) -> None:
         """Count one batch; every ``log_every`` steps record ``loss``, ``values``, ``lr``, ``speed``, ``samples``.
@@ -322,6 +328,8 @@ class LoopMonitor:
         ``values`` may hold numbers, one-element NDArrays or ``mx.metric.EvalMetric`` objects
         (their ``get()``).
         """
+        if preempt.STOP.requested:  # the previous batch is done: leave (a rewind to the last snapshot)
+            self._ins.exit_preempted()
         n = batch_size or self.batch_size or 0
         self.samples += n
         self._window += n
@@ -365,12 +373,15 @@ class LoopMonitor:
         if out:
             self._ins.log_metrics(out, step=self.global_step, epoch=epoch, phase="val")
         files: list[Path] = []
-        if self.checkpoint_every and (epoch + 1) % self.checkpoint_every == 0:
+        stopping = preempt.STOP.requested
+        if self.checkpoint_every and ((epoch + 1) % self.checkpoint_every == 0 or stopping):
             files = save_gluon_snapshot(self._ins, net, trainer, epoch, self._ins.get_snapshot_base_path(),
                                         self.prefix, step=self.global_step)
         self.epoch = epoch + 1
         self.batch = 0
         self._tic = None
+        if stopping:
+            self._ins.exit_preempted()
         return files
 
 

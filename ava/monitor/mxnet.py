@@ -54,6 +54,7 @@ import collections
 import logging
 import math
 import operator
+import re
 import sys
 import threading
 import time
@@ -63,6 +64,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from ava.errors import AvaError, UsageError
+from ava.utils import preempt
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ DEFAULT_WAIT_TIMEOUT = 120.0
 _POLL = 0.1
 
 _VALIDATION_MSG = "Epoch[%d] Validation-%s=%f"  # what BaseModule.fit logs, verbatim
+_VALIDATION_RE = re.compile(r"^Epoch\[(\d+)\] Validation-(.+)=(-?(?:\d+\.\d*|nan|inf))$")
 
 
 # --- importing mxnet -------------------------------------------------------------------------
@@ -250,6 +253,20 @@ class _RunState:
         self.val_reported: set[tuple[int, str]] = set()  # by eval_end_callback
         self.capture: _ValidationCapture | None = None
         self.lock = threading.Lock()
+        self.submitters: "weakref.WeakSet[_OrderedSubmitter]" = weakref.WeakSet()
+
+    def leave_if_preempted(self) -> None:
+        """After a stop request: let checkpoints being written reach the uploader, then leave
+        through the instance's preemption path (raises SystemExit)."""
+        if not preempt.STOP.requested:
+            return
+        ins = self.ins_ref()
+        if ins is None:
+            return
+        budget = min(10.0, ins._env.preempt_timeout)
+        for sub in list(self.submitters):
+            sub.wait(budget)
+        ins.exit_preempted()
 
     def step_for_epoch(self, epoch: int, batch_of_epoch: int | None) -> int | None:
         if epoch in self.epoch_steps:
@@ -296,11 +313,18 @@ class _ValidationCapture(logging.Handler):
         self._loggers = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.msg != _VALIDATION_MSG or record is self._last:
+        if record is self._last:
             return
+        if record.msg == _VALIDATION_MSG:
+            args = record.args
+        else:  # a filter of another handler may have formatted the record in place already
+            m = _VALIDATION_RE.match(record.msg) if isinstance(record.msg, str) and not record.args else None
+            if m is None:
+                return
+            args = (int(m.group(1)), m.group(2), float(m.group(3)))
         self._last = record  # a record seen through two loggers is counted once
         try:
-            epoch, name, value = record.args  # type: ignore[misc]
+            epoch, name, value = args  # type: ignore[misc]
             st = self._state
             ins = st.ins_ref()
             if ins is None:
@@ -386,6 +410,7 @@ class BatchEndCallback:
         self.batch_of_epoch = None if batch_of_epoch is None else _positive_int(batch_of_epoch, "batch_of_epoch")
         self._state = _state(train_ins)
         _capture_validation(train_ins, None, self.batch_of_epoch)
+        train_ins.should_stop()  # a stop request now waits for the end of a batch
         self._reader = WindowReader()
         self._epoch: int | None = None
         self._last_nbatch = -1
@@ -399,6 +424,8 @@ class BatchEndCallback:
         self._guard = _Guard("ava mxnet batch-end callback")
 
     def __call__(self, param: Any) -> None:
+        if preempt.STOP.requested:  # the batch is done: leave here (a rewind to the last snapshot)
+            self._state.leave_if_preempted()
         try:
             self._on_batch(param)
         except Exception as exc:  # noqa: BLE001 - never break the user's training
@@ -637,6 +664,7 @@ class EpochEndCallback:
         self._state = _state(train_ins)
         _capture_validation(train_ins, None, self.batch_of_epoch)
         self._submitter = _OrderedSubmitter(train_ins, float(wait_timeout))
+        self._state.submitters.add(self._submitter)
         self._guard = _Guard("ava mxnet epoch-end callback")
 
     def __call__(self, epoch: int, symbol: Any = None, arg_params: Any = None, aux_params: Any = None) -> None:
@@ -644,6 +672,7 @@ class EpochEndCallback:
             self._on_epoch(int(epoch))
         except Exception as exc:  # noqa: BLE001
             self._guard.report(exc)
+        self._state.leave_if_preempted()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until no checkpoint is still waiting to be written; False on timeout."""

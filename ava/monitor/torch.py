@@ -25,6 +25,10 @@
   the one ``LATEST`` points to in storage; ``resume()`` loads it into the model and optimizer
   and returns ``(epoch + 1, step)``: where to start again.
 - Under ``torch.distributed`` only rank 0 saves and uploads; every rank records.
+- After SIGTERM/SIGINT (see :mod:`ava.utils.preempt`), the next ``step()`` leaves through the
+  instance's preemption path (status ``preempted``, exit code 143/130); an ``epoch_end()`` reached
+  first saves its checkpoint (whatever ``checkpoint_every`` says) and then leaves. A run preempted
+  mid-epoch resumes from the last checkpoint: its steps start again lower (a rewind).
 
 ``step`` numbers: ``step`` is the number of ``step()`` calls so far (the first records step 1),
 carried across a resume; ``batch`` is the 0-based index within the epoch.
@@ -56,6 +60,7 @@ from ava.errors import AvaError, ObjectNotFoundError, UsageError
 from ava.snapshot import MANIFEST, read_latest
 from ava.storage.base import join_url
 from ava.storage.registry import get_storage
+from ava.utils import preempt
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +142,8 @@ class TorchMonitor:
         self._tic: float | None = None  # the window since the last record: its start time,
         self._w_step = 0  # step and sample count
         self._w_samples = 0
+        self._stop = preempt.STOP
+        train_ins.should_stop()  # a stop request now waits for the next step() or epoch_end()
 
     @property
     def batch(self) -> int:
@@ -147,6 +154,8 @@ class TorchMonitor:
     def step(self, loss: Any = None, batch_size: int | None = None, optimizer: Any = None, **metrics: Any) -> None:
         """Count one batch; every ``log_every`` steps, record ``loss``, ``metrics``, ``lr``, ``speed``, ``samples``."""
         # The hot path: two counters and a test; everything else happens on recorded steps only.
+        if self._stop.requested:  # the previous batch is done: leave (a rewind to the last checkpoint)
+            self._ins.exit_preempted()
         n = batch_size if batch_size is not None else self.batch_size
         if n:
             self.samples += n
@@ -207,11 +216,14 @@ class TorchMonitor:
         if val_metrics:
             self._ins.log_metrics(val_metrics, step=self.global_step, epoch=epoch, phase="val")
         path = None
-        if self.is_main and self.checkpoint_every and (epoch + 1) % self.checkpoint_every == 0:
+        stopping = self._stop.requested
+        if self.is_main and self.checkpoint_every and ((epoch + 1) % self.checkpoint_every == 0 or stopping):
             path = self._save(model, optimizer, scheduler, epoch)
         self.epoch = epoch + 1
         self._epoch_start = self.global_step
         self._tic = None
+        if stopping:
+            self._ins.exit_preempted()
         return path
 
     def _save(self, model: Any, optimizer: Any, scheduler: Any, epoch: int) -> Path:

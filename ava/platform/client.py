@@ -22,6 +22,8 @@ from typing import Any
 from urllib.parse import quote
 
 from ava.errors import PlatformError, UsageError
+from ava.log.redact import register_secret
+from ava.utils.tls import tls_verify, warn_plain_http
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +39,12 @@ class PlatformClient:
         read_timeout: seconds to wait for an answer.
         retries: extra attempts after a retryable failure.
         deadline: the most one call may take, retries included.
+        verify: check TLS certificates; by default unless ``AVA_TLS_VERIFY=0``.
     """
 
     def __init__(self, base_url: str, access_key: str | None = None, secret_key: str | None = None, *,
                  connect_timeout: float = 3.0, read_timeout: float = 10.0, retries: int = 2,
-                 deadline: float = 15.0) -> None:
+                 deadline: float = 15.0, verify: bool | None = None) -> None:
         try:
             import requests
         except ImportError:
@@ -49,11 +52,14 @@ class PlatformClient:
         self._requests = requests
         self.base_url = base_url.rstrip("/")
         self._session = requests.Session()
+        self._session.verify = tls_verify() if verify is None else verify
+        warn_plain_http(self.base_url, "the platform API")
         self._timeout = (connect_timeout, read_timeout)
         self._retries = retries
         self._deadline = deadline
         self._auth = None
         if access_key and secret_key:
+            register_secret(secret_key)
             try:
                 from qiniu.auth import QiniuMacAuth, QiniuMacRequestsAuth
             except ImportError:

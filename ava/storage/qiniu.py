@@ -23,8 +23,12 @@ Environment (read through :class:`ava.env.Env` at each call):
                                 every bucket, ``{bucket}`` in it standing for the bucket, or
                                 ``bucket1=http://a,bucket2=http://b``; unset: asked from Qiniu
 ``AVA_QINIU_RESUME_DIR``        resume records; default ``$XDG_CACHE_HOME/ava/qiniu-resume``
-                                (``~/.cache/ava/qiniu-resume``)
+                                (``~/.cache/ava/qiniu-resume``); directories 0700, records 0600
+``AVA_TLS_VERIFY``              ``0`` turns off certificate checks for every Qiniu host
 ==============================  ====================================================================
+
+The secret key is registered with :func:`ava.log.redact.register_secret`, so no log line or
+error message shows it; plain ``http://`` hosts that are not loopback are warned about once.
 
 Example:
     >>> QiniuStorage.split("qiniu://models/run1/epoch-3.params")
@@ -41,7 +45,6 @@ import json
 import logging
 import math
 import os
-import re
 import tempfile
 import threading
 import time
@@ -51,8 +54,10 @@ from urllib.parse import quote
 
 from ava.env import AVA_ACCESS_KEY, AVA_SECRET_KEY, Env
 from ava.errors import AvaError, ObjectNotFoundError, StorageError, UsageError
+from ava.log.redact import redact, register_secret
 from ava.storage.base import ObjectInfo, Storage, split_bucket_url, split_object_url, upload_source
 from ava.utils.fileio import atomic_write_text, fsync_dir
+from ava.utils.tls import tls_verify, warn_plain_http
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +74,6 @@ BLOCK_SIZE = 4 * 1024 * 1024
 SLOWEST_RATE = 512 * 1024
 _DOWNLOAD_ATTEMPTS = 5
 _READ = 256 * 1024  # a dropped connection loses at most the chunk being read
-_TOKEN_RE = re.compile(r"(token=)[^&\s'\"]+")
 
 
 def token_lifetime(size: int) -> int:
@@ -78,8 +82,25 @@ def token_lifetime(size: int) -> int:
 
 
 def _redact(text: str) -> str:
-    """Strip download tokens from a message (signed URLs are secrets)."""
-    return _TOKEN_RE.sub(r"\1***", text)
+    """Strip tokens, keys and signed URL parameters from a message (see :func:`ava.log.redact.redact`)."""
+    return redact(text)
+
+
+_sdk_tls_lock = threading.Lock()
+_sdk_verify_off = False
+
+
+def _sdk_tls(verify: bool) -> None:
+    """Turn certificate checks off in the qiniu SDK's shared session (once, when asked by name)."""
+    global _sdk_verify_off
+    if verify or _sdk_verify_off:
+        return
+    with _sdk_tls_lock:
+        if not _sdk_verify_off:
+            from qiniu.http import qn_http_client
+
+            qn_http_client.session.verify = False
+            _sdk_verify_off = True
 
 
 class KodoEtag:
@@ -173,6 +194,7 @@ class QiniuStorage(Storage):
                  retry_delay: float = 0.2, timeout: float = 60.0) -> None:
         self._access_key = access_key
         self._secret_key = secret_key
+        register_secret(secret_key)
         self._env = env or Env()
         self._config_dir_option = Path(config_dir) if config_dir else None
         self._resume_dir_option = Path(resume_dir) if resume_dir else None
@@ -182,6 +204,7 @@ class QiniuStorage(Storage):
         self.list_page_size = 1000
         self._domains: dict[str, str] = {}
         self._local = threading.local()
+        self._verify: bool | None = None
 
     # --- URLs and settings -------------------------------------------------------------------
     @staticmethod
@@ -217,13 +240,24 @@ class QiniuStorage(Storage):
             where = config_dir / "user" if config_dir else "config/user in the workspace"
             raise StorageError(f"no Qiniu credentials for {url}: set {AVA_ACCESS_KEY} and {AVA_SECRET_KEY}, "
                                f"or put \"key\" and \"secret\" in {where}")
+        register_secret(sk)
+        _sdk_tls(self.tls_verify)
         return qiniu.Auth(ak, sk)
+
+    @property
+    def tls_verify(self) -> bool:
+        """Whether certificates are checked (``AVA_TLS_VERIFY``, read once per instance)."""
+        if self._verify is None:
+            self._verify = tls_verify(self._env)
+        return self._verify
 
     def _regions(self) -> list[Any] | None:
         hosts = {name: self._env.get(name) for name in
                  (AVA_QINIU_UP_HOST, AVA_QINIU_IO_HOST, AVA_QINIU_RS_HOST, AVA_QINIU_RSF_HOST)}
         if not any(hosts.values()):
             return None  # the SDK asks Qiniu where the bucket lives
+        for name, host in hosts.items():
+            warn_plain_http(host, f"the Qiniu host in {name}")
         if not hosts[AVA_QINIU_UP_HOST]:
             raise StorageError(f"{', '.join(k for k, v in hosts.items() if v)} set but {AVA_QINIU_UP_HOST} not; "
                                "set the upload host of the same deployment too")
@@ -285,6 +319,7 @@ class QiniuStorage(Storage):
         domain = domain.replace("{bucket}", bucket)
         if "://" not in domain:
             domain = "http://" + domain
+        warn_plain_http(domain, f"the download domain of bucket {bucket!r}")
         return domain.rstrip("/")
 
     def signed_url(self, url: str, expires: int = 3600) -> str:
@@ -420,6 +455,7 @@ class QiniuStorage(Storage):
             import requests
 
             session = self._local.session = requests.Session()
+            session.verify = self.tls_verify
         return session
 
     def download(self, url: str, local: Path) -> Path:

@@ -4,7 +4,9 @@ Configuration comes from the environment, read when the first request is made:
 ``AVA_S3_ENDPOINT`` (endpoint URL; unset means AWS itself); credentials, region and retries from
 boto3's own chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``,
 ``AWS_DEFAULT_REGION``, ``AWS_MAX_ATTEMPTS``, ``AWS_RETRY_MODE``, ...). boto3 is imported on first
-use, never by ``import ava``.
+use, never by ``import ava``. Certificates are verified (with ``AWS_CA_BUNDLE`` when set) unless
+``AVA_TLS_VERIFY=0``; a plain ``http://`` endpoint that is not loopback is warned about once; the
+credentials boto3 finds are registered with :func:`ava.log.redact.register_secret`.
 
 Files below ``multipart_threshold`` go up in one ``PutObject`` with ``Content-MD5``, and the
 returned ETag is compared with the file's MD5. Larger files go through boto3's ``upload_file``
@@ -35,8 +37,10 @@ from typing import Any
 
 from ava.env import AVA_S3_ENDPOINT, Env
 from ava.errors import ObjectNotFoundError, StorageError, UsageError
+from ava.log.redact import register_secret
 from ava.storage.base import ObjectInfo, Storage, split_bucket_url, split_object_url, upload_source
 from ava.utils.fileio import fsync_dir
+from ava.utils.tls import tls_verify, warn_plain_http
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +186,20 @@ class S3Storage(Storage):
             from botocore.config import Config
 
             session = boto3.session.Session()
-            if session.get_credentials() is None:
+            credentials = session.get_credentials()
+            if credentials is None:
                 raise StorageError(f"no S3 credentials for {url}: {_CREDENTIALS_HINT}")
+            frozen = credentials.get_frozen_credentials()
+            register_secret(frozen.secret_key)
+            register_secret(frozen.token)
+            warn_plain_http(endpoint, f"the S3 endpoint in {AVA_S3_ENDPOINT}")
             # Retries stay boto3's own (AWS_MAX_ATTEMPTS / AWS_RETRY_MODE); only the pool grows so
             # that parallel tree transfers of multipart files do not queue for connections.
             config = Config(max_pool_connections=max(32, self.max_concurrency))
+            # verify=None keeps boto3's own choice (AWS_CA_BUNDLE or the bundled CAs); only the
+            # named opt-out turns checks off.
             self._client = session.client("s3", endpoint_url=endpoint, region_name=session.region_name or "us-east-1",
-                                          config=config)
+                                          config=config, verify=None if tls_verify(self._env) else False)
             self._client_endpoint = endpoint
             return self._client
 

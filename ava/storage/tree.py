@@ -2,7 +2,8 @@
 
 Like ModelArts' ``mox.file.copy_parallel``: a thread pool moves the files of one tree. Keys map to
 relative paths; ``download_tree`` refuses a key that is absolute or holds ``..`` (or ``.``, or an
-empty component) before it writes anything, so stored names can never escape ``local_dir``.
+empty component) before it writes anything, and a file whose directory (or which itself) is a
+symlink leading outside, so stored names can never escape ``local_dir``.
 
 Example:
     >>> import tempfile, pathlib
@@ -149,6 +150,8 @@ def download_tree(url: str, local_dir: str | Path, parallelism: int = 8, *, stor
             # A symlinked directory inside local_dir must not carry a file outside it either.
             if not dst.parent.resolve().is_relative_to(root):
                 raise StorageError(f"refusing to download {src}: {dst.parent} leads outside {local_dir}")
+            if dst.is_symlink() and not dst.resolve().is_relative_to(root):
+                raise StorageError(f"refusing to download {src}: {dst} is a symlink leading outside {local_dir}")
             out = store.download(src, dst)
             if on_file is not None:
                 on_file(src, out.stat().st_size)

@@ -15,12 +15,9 @@ Example:
 from __future__ import annotations
 
 import atexit
-import datetime as _dt
 import importlib
 import logging
 import os
-import re
-import secrets
 import sys
 import threading
 import time
@@ -40,15 +37,20 @@ from ava.monitor import FRAMEWORKS
 from ava.params.params import Params
 from ava.snapshot import SnapshotUploader
 from ava.storage.base import join_url
+from ava.train.distributed import missing_id_message, shared_instance_id
+from ava.train.ids import check_instance_id, new_instance_id  # noqa: F401 - old names, kept here
 from ava.train.platform_link import PlatformLink
+from ava.train.resume import ResumeInfo, last_progress, newest_snapshot
 from ava.train.status import (
     FINAL_STATUSES,
     STATUS_DONE,
     STATUS_FAILED,
+    STATUS_PREEMPTED,
     STATUS_RUNNING,
     StatusFile,
     now_rfc3339,
 )
+from ava.utils import preempt
 from ava.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -60,26 +62,8 @@ TRAIN_INS_STATUS_FAIL = STATUS_FAILED
 #: The most done() waits for metrics to reach metrics.jsonl (a stalled disk), before the network budget.
 LOCAL_FLUSH_TIMEOUT = 60.0
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_live: "weakref.WeakSet[TrainInstance]" = weakref.WeakSet()
-
-
-def new_instance_id() -> str:
-    """A new id that sorts by creation time: ``20261122T030405123Z-1a2b3c``."""
-    now = _dt.datetime.now(_dt.timezone.utc)
-    return f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z-{secrets.token_hex(3)}"
-
-
-def check_instance_id(instance_id: Any) -> str:
-    """Return ``instance_id`` if it is safe as a directory name; else a clear error."""
-    if not isinstance(instance_id, str):
-        raise InstanceError(f"training instance id must be a string, got {instance_id!r}")
-    if not _ID_RE.match(instance_id) or ".." in instance_id:
-        raise InstanceError(
-            f"training instance id {instance_id!r} is not usable as a directory name; use letters, digits, "
-            "'.', '_' and '-' (no '/' or '..'), at most 128 characters"
-        )
-    return instance_id
+# Open instances, held until done(): one that goes out of scope unfinished is still finished at exit.
+_live: "set[TrainInstance]" = set()
 
 
 class TrainInstance:
@@ -98,6 +82,8 @@ class TrainInstance:
             platform's copy; rank k > 0 records to ``logs/metrics.rank<k>.jsonl`` and needs the id.
         setup_logging: call :func:`ava.log.logger.initialize_logger` on ``logs/`` (as the old SDK did).
         max_buffer: metric calls buffered before ``log_metrics`` waits.
+        handle_signals: turn SIGTERM/SIGINT into a stop request (:meth:`should_stop`) and finish
+            as ``preempted``; None follows ``AVA_HANDLE_SIGNALS`` (on unless ``0``).
 
     Example:
         >>> import tempfile
@@ -117,6 +103,7 @@ class TrainInstance:
         max_buffer: int = 10_000,
         tensorboard: bool | None = None,
         rank: int | None = None,
+        handle_signals: bool | None = None,
     ) -> None:
         self._env = env if isinstance(env, Env) else Env(env)
         if isinstance(workspace, Workspace):
@@ -127,19 +114,19 @@ class TrainInstance:
             self.workspace = Workspace.discover(self._env)
         self.workspace.ensure()
         explicit = training_ins_id if training_ins_id is not None else self._env.training_instance_id
-        if explicit is not None:
-            check_instance_id(explicit)
         self.rank = self._env.rank if rank is None else int(rank)
-        if self.rank > 0 and explicit is None:
-            raise InstanceError(
-                f"rank {self.rank} needs the instance id of rank 0: pass training_ins_id= or set "
-                "AVA_TRAINING_INSTANCE_ID (every rank of a run shares one instance)"
-            )
         config_dir = self.workspace.config_dir
         # Rank 0 owns the platform's copy of the instance, status.json and the run's status.
         self._platform = PlatformLink.from_env(self._env, config_dir) if self.rank == 0 else None
-        if self._platform is not None:
-            explicit = self._platform.open(explicit, self._platform_spec()) or explicit
+        platform = self._platform
+        # One id for every rank: explicit, platform, launcher (torchrun, srun) or torch.distributed.
+        # shared_instance_id also checks the id, after taking part in any collective it needs.
+        explicit = shared_instance_id(
+            self._env, explicit, rank=self.rank,
+            rank0_open=(lambda found: platform.open(found, self._platform_spec())) if platform is not None else None,
+        )
+        if self.rank > 0 and explicit is None:
+            raise InstanceError(missing_id_message(self.rank))
         self.training_ins_id = check_instance_id(explicit) if explicit is not None else new_instance_id()
         self._pid = os.getpid()
         self._done_lock = threading.Lock()
@@ -157,7 +144,8 @@ class TrainInstance:
         self._snapshot_state = self.run_dir / f"snapshots{suffix}.json"
 
         if setup_logging:
-            initialize_logger(self.logs_dir, node=None if self.rank == 0 else f"rank{self.rank}", env=self._env)
+            initialize_logger(self.logs_dir, node=None if self.rank == 0 else f"rank{self.rank}", env=self._env,
+                              config_dir=config_dir)
         # The metrics file's flock is the instance's lock: take it before touching status.json.
         sink = JsonlSink(self.metrics_path, rank=self.rank)
         start_seq = 0 if sink.last_seq is None else sink.last_seq + 1
@@ -178,7 +166,15 @@ class TrainInstance:
                                      atexit_timeout=self._env.done_timeout)
         # The hot path: calls go straight to the writer (same signature as the method below).
         self.log_metrics = self._writer.log_metrics  # type: ignore[method-assign]
+        self._resume_info: ResumeInfo | None = None
+        self._start_seq = start_seq
+        if handle_signals if handle_signals is not None else self._env.handle_signals:
+            preempt.install(self._env.preempt_timeout)
+        preempt.add_finisher(id(self), _weak_finisher(weakref.ref(self)))
         resumed = len(self._status_doc["history"]) > 0
+        if resumed and self._snapshot_state.is_file() and '"pending"' in self._snapshot_state.read_text():
+            # What the previous attempt submitted but never confirmed goes up now, in the background.
+            _ = self.snapshot_uploader
         log.info("training instance %s %s at %s", self.training_ins_id, "resumed" if resumed else "started", self.run_dir)
         _live.add(self)
 
@@ -196,7 +192,7 @@ class TrainInstance:
         try:
             host = self._env.status_host(config_dir)
             if host:
-                self._http = HttpSink(host, self.training_ins_id, self.metrics_path)
+                self._http = HttpSink(host, self.training_ins_id, self.metrics_path, env=self._env)
                 sinks.append(self._http)
         except AvaError as exc:
             log.error("metrics are not sent to the platform: %s; they are kept in %s", exc, self.metrics_path)
@@ -264,6 +260,62 @@ class TrainInstance:
     def flush_metrics(self, timeout: float | None = None) -> bool:
         """Wait until every metric logged so far is in ``metrics.jsonl``; False on timeout."""
         return self._require_writer().flush(timeout)
+
+    # --- preemption and resume ---------------------------------------------------------------
+    def should_stop(self) -> bool:
+        """True once SIGTERM or SIGINT asked this process to stop: finish the step, then call
+        :meth:`exit_preempted` (the framework adapters do both)."""
+        preempt.STOP.polled = True
+        return preempt.STOP.requested
+
+    def exit_preempted(self) -> None:
+        """Leave after a stop request: flush metrics, wait (bounded) for uploads and delivery, set
+        status ``preempted``, and raise :class:`SystemExit` with 128 + the signal's number.
+
+        Does nothing when no stop was requested, so it can be called at every step boundary.
+        """
+        if not preempt.STOP.requested:
+            return
+        preempt.begin()
+        started = time.monotonic()
+        preempt.run_finishers(self._env.preempt_timeout)
+        log.info("preemption path took %.2f s", time.monotonic() - started)
+        preempt.end()
+        raise SystemExit(preempt.STOP.exit_code)
+
+    def _finish_preempted(self, budget: float, quick: bool) -> None:
+        if os.getpid() != self._pid:
+            return
+        if not quick:
+            self.done(timeout=budget)
+            return
+        # A second signal: only the status, and without waiting for a lock this thread may hold.
+        doc = self._status_doc
+        if self.rank == 0 and doc is not None and doc.get("status") not in FINAL_STATUSES:
+            self._status_doc = self._status.finish(doc, STATUS_PREEMPTED, self._preempt_message(),
+                                                   preempt.STOP.exit_code)
+
+    @staticmethod
+    def _preempt_message() -> str:
+        return f"preempted by {preempt._name(preempt.STOP.signum)}"
+
+    def resume_info(self, download: bool = True) -> ResumeInfo:
+        """What earlier attempts of this instance left: see :class:`ava.train.resume.ResumeInfo`.
+
+        The newest confirmed snapshot's files are downloaded from storage (into
+        ``run/<id>/restored/<name>/``) when they are not in ``run/<id>/output/``.
+        """
+        if self._resume_info is None or (download and self._resume_info.snapshot and not all(
+                f.exists() for f in self._resume_info.files)):
+            history = (self._status_doc or {}).get("history") or []
+            epoch, step = last_progress(self.metrics_path, self.rank) if self._start_seq else (None, None)
+            name, meta, files = newest_snapshot(join_url(self.storage_url, "snapshots"), self.output_dir,
+                                                self.run_dir / "restored", download=download)
+            self._resume_info = ResumeInfo(
+                attempts=len(history), previous_status=history[-1].get("status") if history else None,
+                epoch=epoch, step=step, last_seq=self._start_seq - 1 if self._start_seq else None,
+                snapshot=name, snapshot_meta=meta, files=files)
+        return self._resume_info
 
     def _require_writer(self) -> MetricsWriter:
         if self._writer is None:
@@ -340,7 +392,10 @@ class TrainInstance:
         with self._done_lock:
             if self._status_doc is None or self._status_doc.get("status") in FINAL_STATUSES:
                 return
-            budget = self._env.done_timeout if timeout is None else timeout
+            preempted = preempt.STOP.requested
+            if timeout is None:
+                timeout = self._env.preempt_timeout if preempted else self._env.done_timeout
+            budget = timeout
             end = time.monotonic() + budget
             # Uploads first: their upload_bytes/upload_seconds records still reach the writer.
             if self._uploader is not None:
@@ -348,7 +403,7 @@ class TrainInstance:
                     log.warning("instance %s: snapshots %s not uploaded within %.1f s; their files are kept and the "
                                 "next run of this instance uploads them", self.training_ins_id,
                                 ", ".join(self._uploader.pending()), budget)
-                self._uploader.close()
+                self._uploader.close(timeout=max(0.0, end - time.monotonic()))
             # Writing the local record is not network work: it gets its own bound, so a short
             # AVA_DONE_TIMEOUT never costs records that are already in memory.
             if self._writer is not None and not self._writer.close(timeout=LOCAL_FLUSH_TIMEOUT + budget):
@@ -360,23 +415,34 @@ class TrainInstance:
                                 self._http.backlog_bytes(), self._http.base_url, budget, self.metrics_path)
                 self._http.stop()
             status = STATUS_FAILED if err_msg else STATUS_DONE
+            if preempted:  # whatever ends a preempted run, it was preempted
+                status = STATUS_PREEMPTED
+                err_msg = self._preempt_message() + (f"; {err_msg}" if err_msg else "")
+                exit_code = preempt.STOP.exit_code if exit_code is None else exit_code
+            self._forget()
             if self.rank != 0:
                 self._status_doc = dict(self._status_doc, status=status, err_msg=str(err_msg or ""),
                                         stop_time=now_rfc3339(), exit_code=exit_code)
-                _live.discard(self)
                 return
             self._status_doc = self._status.finish(self._status_doc, status, str(err_msg or ""), exit_code)
             if self._platform is not None:
                 self._platform.finish(self.training_ins_id, status, str(err_msg or ""),
                                       self._status_doc["start_time"], self._status_doc["stop_time"])
-            _live.discard(self)
             log.info("training instance %s %s", self.training_ins_id, status)
+
+    def _forget(self) -> None:
+        """This instance is finished: off the exit and preemption lists; signals back as they were
+        when it was the last open one."""
+        _live.discard(self)
+        preempt.remove_finisher(id(self))
+        if not _live and not preempt.STOP.requested:
+            preempt.uninstall()
 
     def __enter__(self) -> "TrainInstance":
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        if exc is None:
+        if exc is None or (isinstance(exc, SystemExit) and (preempt.STOP.requested or exc.code in (None, 0))):
             self.done()
         else:
             self.done(err_msg=f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__)
@@ -386,12 +452,22 @@ class TrainInstance:
         return f"TrainInstance({self.training_ins_id!r}, status={self.status!r}, dir={str(self.run_dir)!r})"
 
 
+def _weak_finisher(ref: "weakref.ref[TrainInstance]") -> preempt.Finisher:
+    def finish(budget: float, quick: bool) -> None:
+        ins = ref()
+        if ins is not None:
+            ins._finish_preempted(budget, quick)
+    return finish
+
+
 def _finish_at_exit() -> None:
     """An instance still open at exit: failed if an exception is ending the process, else done."""
     last = getattr(sys, "last_value", None)
     for ins in list(_live):
         try:
-            if last is not None:
+            if preempt.STOP.requested:
+                ins.done()  # status preempted
+            elif last is not None:
                 ins.done(err_msg=f"{type(last).__name__}: {last}")
             else:
                 log.warning("instance %s: the process exits without done(); marking it done", ins.training_ins_id)

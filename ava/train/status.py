@@ -18,6 +18,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from ava.log.redact import redact
 from ava.utils.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,11 @@ class StatusFile:
         return doc
 
     def finish(self, doc: dict[str, Any], status: str, err_msg: str = "", exit_code: int | None = None) -> dict[str, Any]:
-        """Record the end of the current attempt and return the new document."""
-        doc = dict(doc, status=status, stop_time=now_rfc3339(), err_msg=err_msg, exit_code=exit_code)
+        """Record the end of the current attempt and return the new document.
+
+        ``err_msg`` is stored with secrets masked (:func:`ava.log.redact.redact`): it often
+        quotes a command's last lines or an exception, which may hold a key or a signed URL.
+        """
+        doc = dict(doc, status=status, stop_time=now_rfc3339(), err_msg=redact(err_msg or ""), exit_code=exit_code)
         self.write(doc)
         return doc

@@ -32,6 +32,7 @@ import sys
 import threading
 from typing import Any, Sequence, Union
 
+from ava.utils import preempt
 from ava.utils._lines import READ_SIZE, Hook, HookList, LogHook, OutputPipe
 
 _log = logging.getLogger(__name__)
@@ -179,20 +180,24 @@ def logproc(proc: subprocess.Popen[Any], log_hook: LogHook = None, *, echo: bool
 
 
 def run_and_forward(args: Args, log_hook: LogHook = None, *, echo: bool = True, prefix_stream: bool = False,
-                    **popen_kwargs: Any) -> int:
+                    signal_map: dict[int, int] | None = None, **popen_kwargs: Any) -> int:
     """Run ``args`` to the end with :func:`startproc` and :func:`logproc`; return its exit code.
 
     While the child runs (and only when called on the main thread), SIGTERM and SIGINT sent to
     us are forwarded to the child's process group instead of stopping us; the previous handlers
-    are restored afterwards. If this call fails (a hook raised a BaseException), the child's
-    group gets SIGTERM, then SIGKILL after 5 s, before the error propagates.
+    are restored afterwards. The first such signal is also recorded as this process's stop
+    request (:data:`ava.utils.preempt.STOP`: a training instance then finishes as ``preempted``);
+    a second one kills the child's group, writes the instances' status and exits at once.
+    ``signal_map`` translates what is forwarded (``{SIGTERM: SIGINT}`` makes Caffe snapshot and
+    stop). If this call fails (a hook raised a BaseException), the child's group gets SIGTERM,
+    then SIGKILL after 5 s, before the error propagates.
 
     Returns:
         The child's exit code; 128 + N if signal N killed it (logged); 127 or 126 if it could
         not be executed (logged).
     """
     hooks = HookList(log_hook)  # a bad hook fails before anything starts
-    with _Forwarder() as forwarder:
+    with _Forwarder(signal_map) as forwarder:
         proc = startproc(args, **popen_kwargs)
         forwarder.attach(proc)
         try:
@@ -222,10 +227,11 @@ def runproc(args: Args, log_hook: LogHook = None, **kwargs: Any) -> int:
 class _Forwarder:
     """While the child runs, SIGTERM and SIGINT go to its process group instead of stopping us."""
 
-    def __init__(self) -> None:
+    def __init__(self, signal_map: dict[int, int] | None = None) -> None:
         self.proc: subprocess.Popen[Any] | None = None
         self.received: list[int] = []
         self._saved: dict[int, Any] = {}
+        self._map = dict(signal_map or {})
 
     def __enter__(self) -> _Forwarder:
         if threading.current_thread() is threading.main_thread():
@@ -245,13 +251,20 @@ class _Forwarder:
     def attach(self, proc: subprocess.Popen[Any]) -> None:
         self.proc = proc
         for sig in self.received:  # arrived while the child was being started
-            _signal_group(proc, sig)
+            _signal_group(proc, self._map.get(sig, sig))
 
     def _handle(self, signum: int, frame: object) -> None:
         # No logging here: this can run in the middle of this thread's own write to run.log.
         self.received.append(signum)
+        if len(self.received) > 1:  # a second signal: leave now
+            if self.proc is not None:
+                _signal_group(self.proc, signal.SIGKILL)
+            preempt.request(signum)
+            preempt.run_finishers(0.0, quick=True)
+            os._exit(preempt.STOP.exit_code)
+        preempt.request(signum)
         if self.proc is not None:
-            _signal_group(self.proc, signum)
+            _signal_group(self.proc, self._map.get(signum, signum))
 
 
 def _signal_group(proc: subprocess.Popen[Any], sig: int) -> None:

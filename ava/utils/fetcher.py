@@ -17,6 +17,9 @@ base64 of 0x16/0x96 + SHA-1) as Qiniu's etag (the algorithm of ``qiniu.utils.eta
 computed while streaming). Weak ETags and other forms (S3 multipart ``md5-N``, nginx's
 ``mtime-size``) are used for ``If-Range`` only. Pass ``verify=False`` to skip the hash.
 
+Certificates of ``https://`` servers are verified unless ``AVA_TLS_VERIFY=0``; the first
+request to a plain ``http://`` host that is not loopback logs one warning.
+
 ``qiniu://bucket/key`` URLs are turned into signed download URLs by the storage layer
 (``ava.storage.qiniu``), with the credentials given to the Fetcher or found by ``ava.env``;
 a download that has to resume signs again.
@@ -67,6 +70,9 @@ except ImportError as _exc:  # pragma: no cover - depends on the installation
     ) from _exc
 
 from ava.errors import AvaError, ObjectNotFoundError, StorageError, UsageError
+from ava.log.redact import register_secret
+from ava.utils.tls import ssl_context as _make_ssl_context
+from ava.utils.tls import tls_verify, warn_plain_http
 
 log = logging.getLogger(__name__)
 
@@ -476,6 +482,7 @@ class Fetcher:
                  max_retry: int | None = None, env: Any = None) -> None:
         self._async = bool(_async)
         self.access_key, self.secret_key = access_key, secret_key
+        register_secret(secret_key)
         self.req_timeout = float(req_timeout) if req_timeout else float(self.DEFAULT_REQUEST_TIMEOUT)
         self.idle_timeout = float(req_timeout) if req_timeout else float(self.DEFAULT_IDLE_TIMEOUT)
         self.download_pool = int(download_pool) if download_pool else self.DOWNLOAD_POOL_SIZE
@@ -489,6 +496,7 @@ class Fetcher:
         self._clients: dict[int, tuple[IOLoop, AsyncHTTPClient]] = {}
         self._tcp_client: TCPClient | None = None
         self._ssl: ssl.SSLContext | None = None
+        self._verify: bool | None = None
         self._async_loop: IOLoop | None = None
         self._files: ThreadPoolExecutor | None = None
         self._closed = False
@@ -511,10 +519,22 @@ class Fetcher:
                 self._tcp_client = TCPClient()
             return self._tcp_client
 
+    def _env_obj(self) -> Any:
+        from ava.env import Env
+
+        return self._env if isinstance(self._env, Env) else Env(self._env)
+
+    def _tls_verify(self) -> bool:
+        """Certificates are checked unless ``AVA_TLS_VERIFY=0`` (read once per Fetcher)."""
+        if self._verify is None:
+            self._verify = tls_verify(self._env_obj())
+        return self._verify
+
     def _ssl_context(self) -> ssl.SSLContext:
+        verify = self._tls_verify()
         with self._lock:
             if self._ssl is None:
-                self._ssl = ssl.create_default_context()
+                self._ssl = _make_ssl_context(verify)
             return self._ssl
 
     def _fs_pool(self) -> ThreadPoolExecutor:
@@ -646,14 +666,15 @@ class Fetcher:
     def _credentials(self) -> tuple[str | None, str | None]:
         if self.access_key and self.secret_key:
             return self.access_key, self.secret_key
-        from ava.env import DEFAULT_WORKSPACE, Env
+        from ava.env import DEFAULT_WORKSPACE
 
-        env = self._env if isinstance(self._env, Env) else Env(self._env)
+        env = self._env_obj()
         # The workspace's config/ without creating a workspace (Workspace.discover would).
         candidates = [env.workspace_override] if env.workspace_override else [
             DEFAULT_WORKSPACE, os.path.join(os.getcwd(), "workspace")]
         root = next((c for c in candidates if os.path.isdir(c)), None)
         ak, sk = env.credentials(Path(root) / "config" if root else None)
+        register_secret(sk)
         return self.access_key or ak, self.secret_key or sk
 
     def resolve_url(self, url: str, from_kodo: bool = False) -> str:
@@ -661,6 +682,7 @@ class Fetcher:
         ``http(s)://`` as is, or signed as a Qiniu private download URL when ``from_kodo``."""
         scheme = url.partition("://")[0].lower() if "://" in url else ""
         if scheme in ("http", "https"):
+            warn_plain_http(url, "a download")
             return self._sign_private(url) if from_kodo else url
         if scheme == "qiniu":
             return self._qiniu_download_url(url)
@@ -742,6 +764,7 @@ class Fetcher:
             body = b""
         limit = -1 if max_retry < 0 else (max_retry or self.DEFAULT_MAX_RETRY)
         timeout = float(req_timeout or self.req_timeout)
+        validate = self._tls_verify()
 
         async def run() -> tuple[HTTPResponse | None, BaseException | None]:
             small = self._client_here()
@@ -749,7 +772,8 @@ class Fetcher:
             while True:
                 request = HTTPRequest(target, method=method.upper(), headers=headers, body=body,
                                       connect_timeout=min(timeout, self.DEFAULT_CONNECT_TIMEOUT),
-                                      request_timeout=timeout, allow_nonstandard_methods=True)
+                                      request_timeout=timeout, allow_nonstandard_methods=True,
+                                      validate_cert=validate)
                 try:
                     return await small.fetch(request), None
                 except Exception as exc:  # the old API hands errors back instead of raising
@@ -1110,6 +1134,7 @@ class QMacAuthFetcher:
             raise UsageError("QMacAuthFetcher needs qiniu: pip install 'ava-sdk[qiniu]'") from None
         if not (access_key and secret_key):
             raise UsageError("QMacAuthFetcher needs an access key and a secret key")
+        register_secret(secret_key)
         self._auth = QiniuMacAuth(access_key, secret_key)
         self._fetcher = Fetcher()
 

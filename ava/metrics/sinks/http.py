@@ -32,6 +32,7 @@ from ava.errors import ConfigError
 from ava.metrics.sinks.base import Sink
 from ava.platform.lineproto import encode_json_lines
 from ava.utils.fileio import atomic_write_text
+from ava.utils.tls import ssl_context, tls_verify, warn_plain_http
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,8 @@ def parse_base_url(url: str) -> tuple[str, str, int, str]:
 class _Timeouts:
     """Separate connect and read timeouts for an http.client connection class."""
 
-    def __init__(self, host: str, port: int, connect_timeout: float, read_timeout: float) -> None:
-        super().__init__(host, port, timeout=connect_timeout)  # type: ignore[call-arg]
+    def __init__(self, host: str, port: int, connect_timeout: float, read_timeout: float, **kwargs: Any) -> None:
+        super().__init__(host, port, timeout=connect_timeout, **kwargs)  # type: ignore[call-arg]
         self.read_timeout = read_timeout
 
     def connect(self) -> None:
@@ -107,11 +108,18 @@ class HttpSink(Sink):
         connect_timeout: seconds to connect.
         read_timeout: seconds to wait for an answer.
         max_backoff: the longest pause between retries.
+        env: an ``ava.env.Env`` for ``AVA_TLS_VERIFY`` (the process's environment by default).
+
+    Certificates of an ``https://`` host are verified unless ``AVA_TLS_VERIFY=0``; a plain
+    ``http://`` host that is not loopback is warned about once. The offset file is created 0600
+    (it names the endpoint, which may carry credentials).
     """
 
     def __init__(self, base_url: str, instance_id: str, jsonl_path: Path | str, *, batch_records: int = 10_000,
-                 connect_timeout: float = 5.0, read_timeout: float = 30.0, max_backoff: float = 30.0) -> None:
+                 connect_timeout: float = 5.0, read_timeout: float = 30.0, max_backoff: float = 30.0,
+                 env: Any = None) -> None:
         scheme, host, port, prefix = parse_base_url(base_url)
+        warn_plain_http(base_url, "the metric endpoint")
         self.base_url = base_url
         self.instance_id = instance_id
         self.path = f"{prefix}/v1/report/trainings/{quote(instance_id, safe='')}/metric"
@@ -119,6 +127,7 @@ class HttpSink(Sink):
         self.offset_path = self.jsonl_path.with_name(self.jsonl_path.name + OFFSET_SUFFIX)
         self._conn_args = (host, port, connect_timeout, read_timeout)
         self._conn_cls = _TLSConnection if scheme == "https" else _Connection
+        self._conn_kwargs: dict[str, Any] = {"context": ssl_context(tls_verify(env))} if scheme == "https" else {}
         self._conn: http.client.HTTPConnection | None = None
         self._batch = batch_records
         self._max_backoff = max_backoff
@@ -195,7 +204,8 @@ class HttpSink(Sink):
         return offset
 
     def _save_offset(self) -> None:
-        atomic_write_text(self.offset_path, json.dumps({"offset": self.offset, "url": self.base_url}) + "\n")
+        atomic_write_text(self.offset_path, json.dumps({"offset": self.offset, "url": self.base_url}) + "\n",
+                          mode=0o600)
 
     def _prepare(self, offset: int) -> tuple[bytes, int, int] | None:
         """(request body, lines in it, offset after them) for whole lines from ``offset``."""
@@ -293,7 +303,7 @@ class HttpSink(Sink):
 
     def _send(self, body: bytes) -> None:
         if self._conn is None:
-            self._conn = self._conn_cls(*self._conn_args)
+            self._conn = self._conn_cls(*self._conn_args, **self._conn_kwargs)
         try:
             self._conn.request("POST", self.path, body=body, headers={"Content-Type": "text/plain; charset=utf-8"})
         except (OSError, http.client.HTTPException) as exc:

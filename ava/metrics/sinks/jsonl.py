@@ -157,8 +157,8 @@ def _repair_tail(fd: int, path: Path) -> int:
     return keep
 
 
-def _last_seq(fd: int, size: int, rank: int) -> int | None:
-    """Scan the file backwards for the last ``seq`` recorded by ``rank``."""
+def records_backwards(fd: int, size: int) -> Iterator[dict[str, Any]]:
+    """Yield the records of the first ``size`` bytes of an open file, last first (unparsable lines skipped)."""
     end = size
     carry = b""
     while end > 0:
@@ -173,9 +173,16 @@ def _last_seq(fd: int, size: int, rank: int) -> int | None:
                 rec = json.loads(raw)
             except ValueError:
                 continue
-            if (rec.get("rank") or 0) == rank and isinstance(rec.get("seq"), int):
-                return rec["seq"]
+            if isinstance(rec, dict):
+                yield rec
         end = start
+
+
+def _last_seq(fd: int, size: int, rank: int) -> int | None:
+    """Scan the file backwards for the last ``seq`` recorded by ``rank``."""
+    for rec in records_backwards(fd, size):
+        if (rec.get("rank") or 0) == rank and isinstance(rec.get("seq"), int):
+            return rec["seq"]
     return None
 
 

@@ -1,0 +1,203 @@
+"""SIGTERM and SIGINT to a training process: status ``preempted``, nothing lost, exit within the bound.
+
+Each test runs ``tests/integration/preempt_worker.py`` (a training-like loop) in its own process,
+signals it once it has run an epoch, and checks the process's exit code, ``status.json``, the
+metric record against the number of ``log_metrics`` calls the process made, and how long it
+took to leave. The time from the signal to the exit is printed as ``FIGURE`` lines (``pytest -s``)
+for docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ava.metrics.sinks.jsonl import iter_records
+from ava.train import base as train
+from tests.conftest import REPO
+from tests.support.kodo_server import KodoServer
+
+pytestmark = pytest.mark.integration
+
+BOUND = 2.0  # AVA_PREEMPT_TIMEOUT in these tests
+
+
+def start(ws: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    full = {**os.environ, "AVA_WORKSPACE": str(ws), "AVA_PREEMPT_TIMEOUT": str(BOUND), **(env or {})}
+    ws.mkdir(parents=True, exist_ok=True)
+    # stderr to a file: a pipe nobody reads while we wait would block the worker's logging.
+    err = open(ws / "stderr.txt", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "tests.integration.preempt_worker", *args], cwd=REPO, env=full,
+                            stdout=subprocess.PIPE, stderr=err, text=True)
+    proc.stderr = err  # read it from the start with stderr_of()
+    return proc
+
+
+def stderr_of(proc: subprocess.Popen[str]) -> str:
+    proc.stderr.seek(0)
+    return proc.stderr.read()
+
+
+def wait_ready(proc: subprocess.Popen[str], timeout: float = 60) -> dict:
+    """Read the worker's stdout until ``ready``; return its first (JSON) line."""
+    first = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise AssertionError(f"worker exited early ({proc.wait()}): {stderr_of(proc)[-2000:]}")
+        if first is None:
+            first = json.loads(line)
+        elif line.strip() == "ready":
+            return first
+    raise AssertionError("worker never became ready")
+
+
+def signal_and_wait(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 60) -> tuple[int, float]:
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    code = proc.wait(timeout)
+    return code, time.monotonic() - sent
+
+
+def status(ws: Path, run_id: str) -> dict:
+    return json.loads((ws / "run" / run_id / "status.json").read_text())
+
+
+def metric_records(ws: Path, run_id: str) -> list[dict]:
+    return [r for r in iter_records(ws / "run" / run_id / "logs" / "metrics.jsonl") if "event" not in r]
+
+
+def check_record(ws: Path, run_id: str) -> list[dict]:
+    recs = list(iter_records(ws / "run" / run_id / "logs" / "metrics.jsonl"))
+    assert [r["seq"] for r in recs] == list(range(len(recs))), "seq must be gapless and unique"
+    return recs
+
+
+def calls(ws: Path) -> int:
+    return json.loads((ws / "calls.json").read_text())["calls"]
+
+
+@pytest.mark.parametrize("mode", ["poll", "nopoll"])
+def test_sigterm_finishes_preempted_and_keeps_every_record(tmp_path, mode):
+    ws = tmp_path / "ws"
+    proc = start(ws, "--id", "pre", "--mode", mode)
+    wait_ready(proc)
+    code, took = signal_and_wait(proc)
+    err = stderr_of(proc)
+    assert code == 143, err[-2000:]
+    doc = status(ws, "pre")
+    assert doc["status"] == "preempted" and doc["exit_code"] == 143 and "SIGTERM" in doc["err_msg"]
+    check_record(ws, "pre")
+    n = len(metric_records(ws, "pre"))
+    made = calls(ws) * 3
+    # nopoll: SystemExit may land between log_metrics returning and the counter's increment.
+    assert made <= n <= made + 3
+    assert took < BOUND + 1.0, f"took {took:.2f} s"
+    print(f"FIGURE sigterm-{mode}: exit {code} after {took:.2f} s, {n} records kept of {n}")
+
+
+def test_sigint_gives_130_and_chains_to_the_users_handler(tmp_path):
+    ws = tmp_path / "ws"
+    proc = start(ws, "--id", "int", "--mode", "chain")
+    wait_ready(proc)
+    code, _ = signal_and_wait(proc, signal.SIGINT)
+    assert code == 130, stderr_of(proc)[-2000:]
+    assert status(ws, "int")["status"] == "preempted"
+    # SIGINT had no user handler (Python's default is not chained: no KeyboardInterrupt mid-step).
+    assert not (ws / "user-handler").exists()
+
+    proc = start(ws, "--id", "chain", "--mode", "chain")
+    wait_ready(proc)
+    code, _ = signal_and_wait(proc)
+    assert code == 143
+    assert (ws / "user-handler").read_text() == str(int(signal.SIGTERM))
+    assert status(ws, "chain")["status"] == "preempted"
+
+
+def test_a_second_signal_exits_at_once(tmp_path):
+    ws = tmp_path / "ws"
+    proc = start(ws, "--id", "twice", "--mode", "stuck", env={"AVA_PREEMPT_TIMEOUT": "60"})
+    wait_ready(proc)
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:  # the first one is only recorded: the loop keeps going
+        assert proc.poll() is None
+        time.sleep(0.05)
+    code, took = signal_and_wait(proc)
+    assert code == 143 and took < 1.0, (code, took)
+    assert status(ws, "twice")["status"] == "preempted"
+    check_record(ws, "twice")
+    print(f"FIGURE second-signal: exit {code} {took:.2f} s after the second SIGTERM")
+
+
+def test_the_watchdog_finishes_a_loop_that_never_looks(tmp_path):
+    ws = tmp_path / "ws"
+    proc = start(ws, "--id", "stuck", "--mode", "stuck", env={"AVA_PREEMPT_TIMEOUT": "1"})
+    wait_ready(proc)
+    code, took = signal_and_wait(proc)
+    assert code == 143, stderr_of(proc)[-2000:]
+    assert status(ws, "stuck")["status"] == "preempted"
+    check_record(ws, "stuck")
+    # 1 s for the training to reach a step end, then the path itself (bounded by the same 1 s).
+    assert took < 1.0 + 1.0 + 1.0, took
+    print(f"FIGURE watchdog: exit {code} {took:.2f} s after SIGTERM with AVA_PREEMPT_TIMEOUT=1")
+
+
+def test_opting_out_leaves_signals_alone_and_the_next_start_records_a_crash(tmp_path):
+    ws = tmp_path / "ws"
+    proc = start(ws, "--id", "optout", "--mode", "nopoll", env={"AVA_HANDLE_SIGNALS": "0"})
+    wait_ready(proc)
+    code, _ = signal_and_wait(proc)
+    assert code == -signal.SIGTERM
+    assert status(ws, "optout")["status"] == "running"
+    again = train.TrainInstance("optout", workspace=ws, setup_logging=False, handle_signals=False)
+    again.done()
+    doc = status(ws, "optout")
+    assert doc["status"] == "done" and doc["history"][-1]["status"] == "crashed"
+
+
+def test_sigterm_during_an_upload_keeps_the_snapshot_for_the_next_run(tmp_path):
+    """The storage stops answering mid-upload: the process still leaves within the bound, the
+    snapshot stays pending with its file on disk, and the resumed run uploads it."""
+    ws = tmp_path / "ws"
+    with KodoServer(tmp_path / "kodo") as kodo:
+        kodo.create_bucket("models")
+        kodo.hold_parts_after = 1  # the second part of every multi-part upload gets no answer
+        env = {**kodo.env(), "AVA_STORAGE_URL": "qiniu://models/runs"}
+        proc = start(ws, "--id", "up", "--mode", "poll", "--epoch-steps", "50", "--snapshot-bytes",
+                     str(12 << 20), "--step-sleep", "0.01", env=env)
+        wait_ready(proc)
+        deadline = time.monotonic() + 30
+        while not kodo.part_requests and time.monotonic() < deadline:  # the upload has begun
+            time.sleep(0.02)
+        code, took = signal_and_wait(proc)
+        err = stderr_of(proc)
+        assert code == 143, err[-2000:]
+        assert took < BOUND + 1.0, f"took {took:.2f} s"
+        assert "not uploaded within" in err
+        doc = status(ws, "up")
+        assert doc["status"] == "preempted"
+        state = json.loads((ws / "run" / "up" / "snapshots.json").read_text())
+        pending = [s for s in state["snapshots"] if s["state"] == "pending"]
+        assert pending and all(Path(f).is_file() for s in pending for f in s["files"])
+        print(f"FIGURE sigterm-during-upload: exit {code} {took:.2f} s after SIGTERM (bound {BOUND:.0f} s)")
+
+        kodo.release_held()
+        proc = start(ws, "--id", "up", "--mode", "poll", "--epoch-steps", "50", env=env)
+        first = wait_ready(proc)
+        code, _ = signal_and_wait(proc)
+        assert code == 143
+        # The first epoch's snapshot went up in the first run or now; the resumed run found one.
+        assert first["resumed_from"] is None or first["resumed_from"].startswith("epoch-")
+        state = json.loads((ws / "run" / "up" / "snapshots.json").read_text())
+        assert [s["id"] for s in state["snapshots"] if s["state"] != "done"] == []
+        latest = kodo.object_bytes("models", "runs/up/snapshots/LATEST")
+        assert latest.decode() == max(s["id"] for s in state["snapshots"])
