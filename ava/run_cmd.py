@@ -5,6 +5,12 @@ log parser turns it into metric records, the snapshots it announces are uploaded
 background, and the instance's status follows CMD's exit code (``failed`` with the last error
 lines when it is not 0). ``ava run`` exits with CMD's code.
 
+SIGTERM or SIGINT to ``ava run`` is passed to CMD's process group (``--stop-signal`` chooses
+what CMD gets; with ``--parser caffe`` it is SIGINT, on which Caffe writes a snapshot and
+stops); the snapshot is uploaded within ``AVA_PREEMPT_TIMEOUT``, the status becomes
+``preempted`` and ``ava run`` exits with 128 + the signal's number. A second signal kills CMD
+and exits at once.
+
 Example:
     $ ava run --parser caffe -- caffe train -solver solver.prototxt
 """
@@ -14,10 +20,12 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
+import signal
 from typing import Any
 
 from ava.env import Env
 from ava.errors import UsageError
+from ava.utils import preempt
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +71,30 @@ def run(args: argparse.Namespace, env: Env) -> int:
         hooks.append(LogMetricsHook(ins, regex))
     tail = _Tail()
     hooks.append(tail)
+    stop = args.stop_signal or ("INT" if args.parser == "caffe" else None)
+    signal_map = {signal.SIGTERM: _signum(stop), signal.SIGINT: _signum(stop)} if stop else None
     code = 1
     try:
-        code = cmd.run_and_forward(command, hooks)
+        code = cmd.run_and_forward(command, hooks, signal_map=signal_map)
     finally:
         for hook in hooks:
             if isinstance(hook, SnapshotHook):
                 hook.flush()
-        if code == 0:
+        if preempt.STOP.requested:  # status preempted, whatever CMD's code was
+            log.info("%s ended with code %d after %s", command[0], code, preempt._name(preempt.STOP.signum))
+            ins.done(exit_code=preempt.STOP.exit_code)
+            code = preempt.STOP.exit_code
+        elif code == 0:
             ins.done(exit_code=0)
         else:
             what = f"exited with code {code}" if code < 128 else f"was killed by signal {code - 128}"
             detail = tail.error_text()
             ins.done(err_msg=f"{command[0]} {what}" + (f": {detail}" if detail else ""), exit_code=code)
     return code
+
+
+def _signum(name: str) -> int:
+    return int(getattr(signal, f"SIG{name}"))
 
 
 def add_parser(subparsers: Any) -> None:
@@ -90,5 +108,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--id", help="the training instance id (default: $AVA_TRAINING_INSTANCE_ID, else a new one)")
     p.add_argument("--snapshot-file", action="append", metavar="FILE",
                    help="a file to upload with every snapshot (repeatable)")
+    p.add_argument("--stop-signal", type=str.upper, choices=("TERM", "INT", "HUP", "USR1", "USR2"),
+                   help="the signal CMD gets when ava run is asked to stop (default: INT with --parser caffe, "
+                        "else the signal received)")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- CMD ...")
     p.set_defaults(func=run)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,47 @@ def test_a_failing_caffe_is_failed_with_its_error(tmp_path):
     assert out.returncode != 0
     doc = json.loads((ws / "run" / "broken" / "status.json").read_text())
     assert doc["status"] == "failed" and doc["exit_code"] == out.returncode and "missing.prototxt" in doc["err_msg"]
+
+
+def test_sigterm_to_ava_run_makes_caffe_snapshot_and_the_run_preempted(tmp_path, lenet):
+    """SIGTERM to `ava run`: Caffe gets SIGINT, writes a snapshot of the iteration it reached and
+    stops; the snapshot is uploaded, the status is preempted and `ava run` exits 143."""
+    _, data = lenet
+    prefix = tmp_path / "out" / "lenet"
+    solver = write_lenet_solver(tmp_path, data.dir, max_iter=100_000, test_interval=1000, snapshot=100_000,
+                                snapshot_prefix=prefix, display=DISPLAY)
+    ws = tmp_path / "ws"
+    err = open(tmp_path / "stderr.txt", "w+")
+    proc = subprocess.Popen([sys.executable, "-m", "ava", "run", "--parser", "caffe", "--id", "pre", "--",
+                             caffe_binary(), "train", "-solver", str(solver)],
+                            stdout=subprocess.DEVNULL, stderr=err, text=True,
+                            env={**os.environ, "AVA_WORKSPACE": str(ws), "AVA_PREEMPT_TIMEOUT": "5"})
+    metrics = ws / "run" / "pre" / "logs" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:  # until Caffe has reported iteration 50
+        if metrics.exists() and any((r.get("step") or 0) >= 50 for r in iter_records(metrics)):
+            break
+        time.sleep(0.1)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(60)
+    took = time.monotonic() - sent
+    err.seek(0)
+    log = err.read()
+    assert code == 143, log[-3000:]
+    assert "Optimization stopped early." in log
+    doc = json.loads((ws / "run" / "pre" / "status.json").read_text())
+    assert doc["status"] == "preempted" and doc["exit_code"] == 143
+    recs = list(iter_records(metrics))
+    stopped_at = max(r["step"] for r in recs if r.get("name") == "smoothed_loss")
+    snaps = [r for r in recs if r.get("event") == "snapshot"]
+    assert snaps, "Caffe's stop snapshot must reach the uploader"
+    stored = ws / "storage" / "pre" / "snapshots"
+    latest = (stored / "LATEST").read_text()
+    manifest = json.loads((stored / latest / "MANIFEST.json").read_text())
+    assert manifest["meta"]["step"] >= stopped_at
+    for f in manifest["files"]:
+        local = Path(f"{prefix}_iter_{manifest['meta']['step']}.{f['name'].rsplit('.', 1)[1]}")
+        assert (stored / latest / f["name"]).read_bytes() == local.read_bytes()
+    assert took < 5 + 1.0, f"took {took:.2f} s"
+    print(f"FIGURE caffe-sigterm: ava run exit {code} {took:.2f} s after SIGTERM, snapshot {latest} uploaded")
