@@ -402,7 +402,7 @@ def _config_dir_of(workdir: Path) -> Path | None:
 
 def initialize_logger(workdir: str | os.PathLike[str], node: str | None = None, debug: bool = False, *,
                       max_bytes: int = 64 << 20, backup_count: int = 10, env: Env | None = None,
-                      config_dir: str | os.PathLike[str] | None = None) -> logging.Logger:
+                      config_dir: str | os.PathLike[str] | None = None, label: str | None = None) -> logging.Logger:
     """Log to ``<workdir>/run.log`` (``run.<node>.log`` with a node) and to stderr.
 
     ``workdir`` is a run's ``logs/`` directory (``TrainInstance`` passes its own). Handlers go on
@@ -416,6 +416,8 @@ def initialize_logger(workdir: str | os.PathLike[str], node: str | None = None, 
         debug: log at DEBUG; otherwise ``AVA_LOG_LEVEL`` or INFO.
         config_dir: the workspace's ``config/``, whose ``user`` secrets are masked in the log;
             found from ``workdir`` (``<workspace>/run/<id>/logs``) or the environment by default.
+        label: a word put in every line before the logger's name (default: ``node``), e.g. the
+            rank of a distributed run (``rank0``).
 
     Every handler it installs masks secrets (:class:`~ava.log.redact.RedactingFilter`), which
     are read again from the environment and ``config/user`` at each call.
@@ -435,7 +437,8 @@ def initialize_logger(workdir: str | os.PathLike[str], node: str | None = None, 
             root.removeHandler(h)
             h.close()
     name = "run.log" if node is None else f"run.{node}.log"
-    fmt = DEFAULT_FORMAT if node is None else DEFAULT_FORMAT.replace("%(name)s", f"{str(node).replace('%', '%%')} %(name)s")
+    label = node if label is None else label
+    fmt = DEFAULT_FORMAT if label is None else DEFAULT_FORMAT.replace("%(name)s", f"{str(label).replace('%', '%%')} %(name)s")
     formatter = logging.Formatter(fmt)
     path = Path(workdir) / name
     file_handler = MultiProcessingLogHandler(path, maxBytes=max_bytes, backupCount=backup_count)

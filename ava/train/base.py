@@ -144,8 +144,10 @@ class TrainInstance:
         self._snapshot_state = self.run_dir / f"snapshots{suffix}.json"
 
         if setup_logging:
+            # In a distributed run every line carries the rank (rank 0's too).
+            distributed = self.rank > 0 or self._env.rank_source is not None
             initialize_logger(self.logs_dir, node=None if self.rank == 0 else f"rank{self.rank}", env=self._env,
-                              config_dir=config_dir)
+                              config_dir=config_dir, label=f"rank{self.rank}" if distributed else None)
         # The metrics file's flock is the instance's lock: take it before touching status.json.
         sink = JsonlSink(self.metrics_path, rank=self.rank)
         start_seq = 0 if sink.last_seq is None else sink.last_seq + 1
