@@ -415,7 +415,7 @@ class TrainInstance:
                     log.warning("instance %s: %d bytes of metrics not delivered to %s within %.1f s; they stay in "
                                 "%s and are sent when this instance is resumed", self.training_ins_id,
                                 self._http.backlog_bytes(), self._http.base_url, budget, self.metrics_path)
-                self._http.stop()
+                self._http.stop(timeout=max(0.0, end - time.monotonic()))
             status = STATUS_FAILED if err_msg else STATUS_DONE
             if preempted:  # whatever ends a preempted run, it was preempted
                 status = STATUS_PREEMPTED

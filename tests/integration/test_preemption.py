@@ -101,7 +101,7 @@ def test_sigterm_finishes_preempted_and_keeps_every_record(tmp_path, mode):
     # nopoll: SystemExit may land between log_metrics returning and the counter's increment.
     assert made <= n <= made + 3
     assert took < BOUND + 1.0, f"took {took:.2f} s"
-    print(f"FIGURE sigterm-{mode}: exit {code} after {took:.2f} s, {n} records kept of {n}")
+    print(f"FIGURE sigterm-{mode}: exit {code} after {took:.2f} s, {n} records in the file for {made} logged")
 
 
 def test_sigint_gives_130_and_chains_to_the_users_handler(tmp_path):
@@ -201,3 +201,29 @@ def test_sigterm_during_an_upload_keeps_the_snapshot_for_the_next_run(tmp_path):
         assert [s["id"] for s in state["snapshots"] if s["state"] != "done"] == []
         latest = kodo.object_bytes("models", "runs/up/snapshots/LATEST")
         assert latest.decode() == max(s["id"] for s in state["snapshots"])
+
+
+def test_sigterm_while_the_platform_does_not_answer_keeps_every_record(tmp_path):
+    """The metric endpoint accepts connections and never answers: the flush to it is cut at the
+    bound, every record is in metrics.jsonl, and what was not delivered waits for the next run."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # connections complete in the kernel's backlog; nobody reads or answers
+    try:
+        ws = tmp_path / "ws"
+        host = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        proc = start(ws, "--id", "flush", "--mode", "poll", env={"AVA_STATUS_HOST": host})
+        wait_ready(proc)
+        code, took = signal_and_wait(proc)
+        err = stderr_of(proc)
+        assert code == 143, err[-2000:]
+        assert status(ws, "flush")["status"] == "preempted"
+        check_record(ws, "flush")
+        assert len(metric_records(ws, "flush")) == calls(ws) * 3
+        assert "not delivered" in err
+        assert took < BOUND + 1.0, f"took {took:.2f} s"
+        print(f"FIGURE sigterm-platform-silent: exit {code} {took:.2f} s after SIGTERM (bound {BOUND:.0f} s)")
+    finally:
+        silent.close()
