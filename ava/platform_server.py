@@ -82,16 +82,19 @@ class Faults:
 
 
 # The shape ava's own encoder writes; other lines (escapes, strings, other tag orders) take the
-# general decoder. Matching whole lines with one regex is what lets the server keep up.
+# general decoder. Matching whole lines with one regex is what lets the server keep up. ASCII
+# digits only, and at most 19 of them, so every integer fits SQLite's 64 bits (checked below).
 _PLAIN = re.compile(
     r"(?P<m>[^, =\\\"]+),job_type=[^, =\\\"]*,id=(?P<id>[^, =\\\"]*)"
-    r"(?:,epoch=(?P<epoch>-?\d+))?(?:,batch=(?P<batch>-?\d+))?(?:,rank=(?P<rank>-?\d+))?"
-    r",phase=(?P<phase>[a-z]+),name=(?P<name>[^, =\\\"]+)(?:,net=(?P<net>-?\d+))?"
-    r" value=(?P<value>-?[0-9.eE+-]+i?),seq=(?P<seq>-?\d+)i(?:,step=(?P<step>-?\d+)i)? (?P<ts>\d+)"
+    r"(?:,epoch=(?P<epoch>-?[0-9]{1,19}))?(?:,batch=(?P<batch>-?[0-9]{1,19}))?(?:,rank=(?P<rank>-?[0-9]{1,19}))?"
+    r",phase=(?P<phase>[a-z]+),name=(?P<name>[^, =\\\"]+)(?:,net=(?P<net>-?[0-9]{1,19}))?"
+    r" value=(?P<value>-?[0-9.eE+-]{1,400}i?),seq=(?P<seq>-?[0-9]{1,19})i(?:,step=(?P<step>-?[0-9]{1,19})i)?"
+    r" (?P<ts>[0-9]{1,19})"
 )
 
 
 _PLAIN_LINES = re.compile(r"^" + _PLAIN.pattern + r"$", re.M)
+_INT64 = 1 << 63
 
 
 def parse_body(instance_id: str, text: str) -> list[tuple[Any, ...]]:
@@ -109,33 +112,62 @@ def parse_body(instance_id: str, text: str) -> list[tuple[Any, ...]]:
             continue
         try:
             p = decode_line(line)
+            row = (p["id"] or instance_id, _int_of(p, "rank", 0), _int_of(p, "seq"), p["name"], p["phase"],
+                   _int_of(p, "step", None), _int_of(p, "epoch", None), _int_of(p, "batch", None),
+                   _int_of(p, "net", None), _value_text(p["value"]), _int_of(p, "ts_ns", None), p["measurement"])
         except LineProtocolError as exc:
             raise LineProtocolError(f"line {lineno}: {exc}") from None
-        if p["seq"] is None:
-            raise LineProtocolError(f"line {lineno}: no seq field")
-        rows.append((p["id"] or instance_id, p["rank"] if p["rank"] is not None else 0, p["seq"], p["name"],
-                     p["phase"], p["step"], p["epoch"], p["batch"], p["net"], _value_text(p["value"]), p["ts_ns"],
-                     p["measurement"]))
+        rows.append(row)
     return rows
+
+
+_REQUIRED = object()
+
+
+def _int_of(point: dict[str, Any], key: str, default: Any = _REQUIRED) -> Any:
+    """An integer of a decoded line, checked to fit a SQLite INTEGER (LineProtocolError if not)."""
+    value = point.get(key)
+    if value is None:
+        if default is _REQUIRED:
+            raise LineProtocolError(f"no {key} field")
+        return default
+    if type(value) is not int:
+        raise LineProtocolError(f"{key} must be an integer (as 12i), got {value!r}")
+    if not -_INT64 <= value < _INT64:
+        raise LineProtocolError(f"{key} {value} does not fit in 64 bits")
+    return value
+
+
+def _int64(text: str | None) -> int | None:
+    if not text:
+        return None
+    value = int(text)
+    if not -_INT64 <= value < _INT64:
+        raise OverflowError(text)
+    return value
 
 
 def _parse_plain_body(instance_id: str, text: str) -> list[tuple[Any, ...]] | None:
     """Rows when every line of ``text`` has ava's own shape (one regex pass); else None."""
     rows = []
     expected = text.count("\n") + (0 if text.endswith("\n") else 1) - text.count("\n\n")
-    for m in _PLAIN_LINES.finditer(text):
-        value = m["value"]
-        if value.endswith("i"):
-            value = value[:-1]
-        else:
-            try:
-                float(value)
-            except ValueError:
-                return None
-        epoch, batch, rank, net, step = m["epoch"], m["batch"], m["rank"], m["net"], m["step"]
-        rows.append((m["id"] or instance_id, int(rank) if rank else 0, int(m["seq"]), m["name"], m["phase"],
-                     int(step) if step else None, int(epoch) if epoch else None, int(batch) if batch else None,
-                     int(net) if net else None, value, int(m["ts"]), m["m"]))
+    try:
+        for m in _PLAIN_LINES.finditer(text):
+            value = m["value"]
+            # The stored text is JSON: "1." / ".5" / "01" are numbers to float() and int(), not to JSON.
+            if value.endswith("i"):
+                value = str(int(value[:-1]))
+            else:
+                number = float(value)
+                if number - number != 0.0:
+                    return None  # "1e999": the general path stores it as "inf"
+                value = repr(number)
+            rank = _int64(m["rank"])
+            rows.append((m["id"] or instance_id, rank if rank is not None else 0, _int64(m["seq"]), m["name"],
+                         m["phase"], _int64(m["step"]), _int64(m["epoch"]), _int64(m["batch"]), _int64(m["net"]),
+                         value, _int64(m["ts"]), m["m"]))
+    except (ValueError, OverflowError):
+        return None  # the general path says which line is wrong
     return rows if len(rows) == expected and expected > 0 else None
 
 
@@ -143,7 +175,11 @@ def _value_text(value: Any) -> str:
     """A value as JSON text (SQLite would turn NaN into NULL, so values are stored as text)."""
     if type(value) is float and value - value == 0.0:
         return repr(value)
-    return json.dumps(to_json_number(value))
+    if type(value) is int or type(value) is bool:
+        return str(int(value))
+    if type(value) is float or value in ("nan", "inf", "-inf"):
+        return json.dumps(to_json_number(float(value)))
+    raise LineProtocolError(f"value must be a number, got {value!r}")
 
 
 class Store:

@@ -82,6 +82,15 @@ _HOT = re.compile(
     r"(?:Iteration (\d{1,18}), (?:loss = ([^\s,]+)|lr = ([^\s,]+)(?:, (?!loss)\w+ = [^\s,]+)*)"
     r"|(Train|Test) net output #\d{1,9}: (\S+) = ([^\s,]+)(?: \(\*[^\n\r]*)?)[ \t]*(?=[\r\n]|\Z)"
 )
+# The block scan: one pass that finds every "] <keyword>" and, for the hot shapes, matches the
+# message to the line end with its values captured. The glog prefix before the "]" is then
+# matched on its own (_HOT_PREFIX), so a hot line costs one scan hit and one short match.
+_HOT_MSG = (
+    r"(?:Iteration (\d{1,18}), (?:loss = ([^\s,]+)|lr = ([^\s,]+)(?:, (?!loss)\w+ = [^\s,]+)*)"
+    r"|(Train|Test) net output #\d{1,9}: (\S+) = ([^\s,]+)(?: \(\*[^\n\r]*)?)[ \t]*(?=[\r\n]|\Z)"
+)
+_SCAN = re.compile(r"\] +(?:" + _HOT_MSG + "|(?:" + _ALT + "))")
+_HOT_PREFIX = re.compile(r"I(\d{4}|\d{8}) (\d\d:\d\d):(\d\d\.\d{1,9}) +(\d{1,12}) [^\]\n\r]*")
 _HEADER = re.compile(r"Log file created at: (\d{4})/(\d\d)/(\d\d)")
 _ITER = re.compile(r"Iteration (\d{1,18})(?!\d)(?: \(([^)]{0,200})\))?")
 _TESTING = re.compile(r", Testing net(?: \(#(\d{1,9})\))?")
@@ -147,7 +156,7 @@ class CaffeLogParser:
             return []
         try:
             m = _HOT.match(line)
-            return (self._hot(m) if m else None) or self._parse(line)
+            return (self._hot(m.groups()) if m else None) or self._parse(line)
         except Exception:  # noqa: BLE001 - a log line must never stop training or parsing
             log.debug("unparsable caffe log line ignored: %.200r", line, exc_info=True)
             return []
@@ -156,7 +165,6 @@ class CaffeLogParser:
         """The records of a block of whole lines (split on ``\\n`` and ``\\r``), in order: the
         same as :meth:`parse_line` on each line, but the lines that cannot hold a record are
         skipped by one regex scan of the block. Never raises."""
-        hits = [m.start() for m in _KEY.finditer(text)]
         starts = [m.start() for m in _BARE_NL.finditer(text)]
         has_cr = "\r" in text
         if has_cr:
@@ -164,15 +172,56 @@ class CaffeLogParser:
         if _BARE.match(text) is not None:
             starts.append(-1)
         if starts:
-            hits = sorted(hits + starts)
-            start_set = set(starts)
+            return self._parse_block_with_bare_lines(text, starts, has_cr)
+        out: list[Record] = []
+        rfind, find, prefix, hot = text.rfind, text.find, _HOT_PREFIX.fullmatch, self._hot
+        done = -1  # end of the last line parsed: a second hit in the same line is skipped
+        for m in _SCAN.finditer(text):
+            pos = m.start()
+            if pos < done:
+                continue
+            start = rfind("\n", 0, pos) + 1
+            if has_cr:
+                start = max(start, rfind("\r", start, pos) + 1)
+            if m.lastindex is not None:  # a hot message: the line ends where the match does
+                p = prefix(text, start, pos)
+                if p is not None:
+                    try:
+                        records = hot(p.groups() + m.groups())
+                    except Exception:  # noqa: BLE001 - as in parse_line
+                        records = None
+                    if records:
+                        out += records
+                        done = m.end()
+                        continue
+            end = find("\n", pos + 1)
+            if end < 0:
+                end = len(text)
+            if has_cr:
+                cr = find("\r", pos + 1, end)
+                if cr >= 0:
+                    end = cr
+            done = end
+            try:
+                records = self._parse(text[start:end])
+            except Exception:  # noqa: BLE001 - as in parse_line
+                log.debug("unparsable caffe log line ignored: %.200r", text[start:end], exc_info=True)
+                continue
+            if records:
+                out += records
+        return out
+
+    def _parse_block_with_bare_lines(self, text: str, starts: list[int], has_cr: bool) -> list[Record]:
+        """:meth:`parse_block` for a block with lines that hold a keyword but no glog prefix."""
+        hits = sorted([m.start() for m in _KEY.finditer(text)] + starts)
+        start_set = set(starts)
         out: list[Record] = []
         rfind, find, hot = text.rfind, text.find, _HOT.match
-        done = -1  # end of the last line parsed: a second hit in the same line is skipped
+        done = -1
         for pos in hits:
             if pos < done:
                 continue
-            if starts and pos in start_set:
+            if pos in start_set:
                 start = pos + 1
             else:
                 start = rfind("\n", 0, pos) + 1
@@ -188,7 +237,7 @@ class CaffeLogParser:
             done = end
             try:
                 m = hot(text, start, end)
-                records = (self._hot(m) if m else None) or self._parse(text[start:end])
+                records = (self._hot(m.groups()) if m else None) or self._parse(text[start:end])
             except Exception:  # noqa: BLE001 - as in parse_line
                 log.debug("unparsable caffe log line ignored: %.200r", text[start:end], exc_info=True)
                 continue
@@ -196,8 +245,8 @@ class CaffeLogParser:
                 out += records
         return out
 
-    def _hot(self, m: re.Match[str]) -> list[Record] | None:
-        date, hm, sec, tid, digits, loss, lr, which, name, text = m.groups()
+    def _hot(self, groups: tuple[Any, ...]) -> list[Record] | None:
+        date, hm, sec, tid, digits, loss, lr, which, name, text = groups
         if which is None:
             text = loss if loss is not None else lr
         if "_" in text:

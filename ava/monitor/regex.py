@@ -117,7 +117,8 @@ class RegexParser:
                 raise UsageError(f"metric spec {spec!r} is not NAME=REGEX; write it as e.g. loss=loss: (\\S+)")
             try:
                 pattern = re.compile(regex)
-            except re.error as exc:
+            except (re.error, OverflowError, RecursionError) as exc:
+                # OverflowError: "a{99999999999}"; RecursionError: thousands of nested groups
                 raise UsageError(f"metric spec {spec!r}: invalid regular expression ({exc})") from None
             if _value_group(pattern) is None:
                 raise UsageError(f"metric spec {spec!r} has no capture group for the value; write e.g. {name}=: (\\S+)")

@@ -77,9 +77,8 @@ def lookup(data: Any, parts: Sequence[str | int]) -> Any:
             else:
                 return _MISSING
         elif isinstance(node, list):
-            try:
-                index = int(part)
-            except (TypeError, ValueError):
+            index = _index(part)
+            if index is None:
                 return _MISSING
             if not -len(node) <= index < len(node):
                 return _MISSING
@@ -89,9 +88,23 @@ def lookup(data: Any, parts: Sequence[str | int]) -> Any:
     return node
 
 
+def _index(part: str | int) -> int | None:
+    """A list index from a key part: an int, or ASCII digits with an optional ``-`` (not
+    ``int()``'s wider syntax: ``"1_0"``, ``" 1"`` or ``"\u0661"`` name no index)."""
+    if type(part) is int:
+        return part
+    if not isinstance(part, str):
+        return None
+    digits = part[1:] if part[:1] == "-" else part
+    if not (0 < len(digits) <= 18 and digits.isascii() and digits.isdigit()):
+        return None
+    return int(part)
+
+
 def _parse(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark (as some Windows editors write) is not part of the document
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ParamsError(f"params file {path} is not UTF-8 text (bad byte at offset {exc.start})") from None
     except OSError as exc:
@@ -100,12 +113,7 @@ def _parse(path: Path) -> dict[str, Any]:
         log.warning("params file %s is empty; reading it as {}", path)
         return {}
     if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ParamsError(
-                f"params file {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-            ) from None
+        data = _parse_json(path, text)
     else:
         data = _parse_yaml(path, text)
     if data is None:
@@ -115,13 +123,47 @@ def _parse(path: Path) -> dict[str, Any]:
         raise ParamsError(
             f"params file {path} holds a {kind} at top level; it must be an object of key: value pairs"
         )
+    _check_shape(path, data)
     return data
+
+
+def _parse_json(path: Path, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ParamsError(
+            f"params file {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise ParamsError(f"params file {path} nests lists or objects too deeply to read") from None
+    except ValueError as exc:  # an integer of more digits than int() accepts
+        raise ParamsError(f"params file {path} is not usable JSON: {exc}") from None
+
+
+#: YAML nesting beyond which the C parser (which recurses without a limit and crashes the
+#: process, not raises, at some ten thousand levels) is not trusted with a file.
+_C_YAML_DEPTH = 1000
+
+
+def _yaml_depth_bound(text: str) -> int:
+    """An upper bound on the nesting depth of a YAML text, cheap to compute.
+
+    Flow collections nest at most once per ``[``/``{``; block collections nest once per
+    indicator on a line (``- - x``, ``? - x``) or once per extra column of indentation.
+    """
+    bound = 0
+    for line in text.splitlines():
+        body = line.lstrip(" ")
+        bound = max(bound, 2 * (len(line) - len(body) + body.count("-") + body.count("?") + body.count(":") + 1))
+    return bound + text.count("[") + text.count("{")
 
 
 def _parse_yaml(path: Path, text: str) -> Any:
     import yaml  # PyYAML is a core dependency, imported only when a YAML file is read
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    if loader is not yaml.SafeLoader and _yaml_depth_bound(text) > _C_YAML_DEPTH:
+        loader = yaml.SafeLoader  # the Python parser turns deep nesting into RecursionError
     try:
         return yaml.load(text, Loader=loader)  # noqa: S506 - a safe loader
     except yaml.MarkedYAMLError as exc:
@@ -130,6 +172,48 @@ def _parse_yaml(path: Path, text: str) -> Any:
         raise ParamsError(f"params file {path} is not valid YAML: {exc.problem or exc.context}{where}") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"params file {path} is not valid YAML: {exc}") from None
+    except RecursionError:
+        raise ParamsError(f"params file {path} nests lists or mappings too deeply to read") from None
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        # PyYAML's constructors call int(), float(), datetime() on what a tag or the resolver
+        # picked: "!!int abc", "!!float ''", "2001-02-30" escape as these.
+        raise ParamsError(
+            f"params file {path} is not valid YAML: a value cannot be converted ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+#: How deeply lists and objects may nest in a params file. Copies of values (``get_all``,
+#: ``get_value``) recurse once per level, so a deeper file would fail on reading, not loading.
+MAX_DEPTH = 100
+_ON_PATH = -1
+
+
+def _check_shape(path: Path, data: Any) -> None:
+    """Refuse nesting deeper than :data:`MAX_DEPTH` and YAML aliases that contain themselves.
+
+    Iterative, with a memo per container, so shared YAML aliases are walked once.
+    """
+    height: dict[int, int] = {}
+    stack: list[tuple[Any, bool]] = [(data, False)]
+    while stack:
+        node, leaving = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        if leaving:
+            h = 1 + max((height[id(c)] for c in children if isinstance(c, (dict, list, tuple))), default=0)
+            if h > MAX_DEPTH:
+                raise ParamsError(
+                    f"params file {path} nests lists or objects more than {MAX_DEPTH} levels deep; flatten it"
+                )
+            height[id(node)] = h
+            continue
+        seen = height.get(id(node))
+        if seen == _ON_PATH:
+            raise ParamsError(f"params file {path} holds a value that contains itself (a YAML alias inside its own anchor)")
+        if seen is not None:
+            continue
+        height[id(node)] = _ON_PATH
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if isinstance(c, (dict, list, tuple)))
 
 
 class Params:

@@ -226,8 +226,12 @@ def _unescape(text: str) -> str:
     return "".join(out)
 
 
+_INT_FIELD = re.compile(r"-?[0-9]{1,4000}i")
+_INT_TAG = re.compile(r"-?[0-9]{1,4000}")
+
+
 def _parse_field(raw: str) -> Any:
-    if raw[-1:] == "i" and raw[:-1].lstrip("-").isdigit():
+    if raw[-1:] == "i" and _INT_FIELD.fullmatch(raw):
         return int(raw[:-1])
     if raw.startswith('"'):
         if len(raw) < 2 or not raw.endswith('"'):
@@ -245,12 +249,9 @@ def _parse_field(raw: str) -> Any:
 
 def _int_tag(tags: dict[str, str], key: str) -> int | None:
     value = tags.get(key)
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return None
+    if value is None or not _INT_TAG.fullmatch(value):
+        return None  # int() would also take "1_0", " 1" and other scripts' digits
+    return int(value)
 
 
 def decode_line(line: str) -> dict[str, Any]:
@@ -293,10 +294,11 @@ def decode_line(line: str) -> dict[str, Any]:
         raise LineProtocolError(f"field without a name in {line[:80]!r}")
     if "value" not in fields:
         raise LineProtocolError(f"no 'value' field in {line[:80]!r}")
-    try:
-        ts_ns = int(sections[2]) if len(sections) == 3 else None
-    except ValueError:
-        raise LineProtocolError(f"bad timestamp in {line[:80]!r}") from None
+    ts_ns = None
+    if len(sections) == 3:
+        if not _INT_TAG.fullmatch(sections[2]):
+            raise LineProtocolError(f"bad timestamp in {line[:80]!r}")
+        ts_ns = int(sections[2])
     value = fields["value"]
     if isinstance(value, str) and value in ("nan", "inf", "-inf"):
         value = float(value)
