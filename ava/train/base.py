@@ -32,6 +32,7 @@ from ava.metrics.sinks.base import Sink
 from ava.metrics.sinks.http import HttpSink
 from ava.metrics.sinks.jsonl import JsonlSink
 from ava.metrics.sinks.tensorboard import TensorBoardSink
+from ava.metrics.forward import ChildForwarder, ChildListener
 from ava.metrics.writer import MetricsWriter
 from ava.monitor import FRAMEWORKS
 from ava.params.params import Params
@@ -169,6 +170,7 @@ class TrainInstance:
         # The hot path: calls go straight to the writer (same signature as the method below).
         self.log_metrics = self._writer.log_metrics  # type: ignore[method-assign]
         self._resume_info: ResumeInfo | None = None
+        self._children: ChildListener | None = None  # opened at the first fork
         self._start_seq = start_seq
         if handle_signals if handle_signals is not None else self._env.handle_signals:
             preempt.install(self._env.preempt_timeout)
@@ -406,6 +408,10 @@ class TrainInstance:
                                 "next run of this instance uploads them", self.training_ins_id,
                                 ", ".join(self._uploader.pending()), budget)
                 self._uploader.close(timeout=max(0.0, end - time.monotonic()))
+            if self._children is not None:  # what forked children sent before this point
+                self._children.drain()
+                self._children.close()
+                self._children = None
             # Writing the local record is not network work: it gets its own bound, so a short
             # AVA_DONE_TIMEOUT never costs records that are already in memory.
             if self._writer is not None and not self._writer.close(timeout=LOCAL_FLUSH_TIMEOUT + budget):
@@ -479,5 +485,26 @@ def _finish_at_exit() -> None:
 
 
 atexit.register(_finish_at_exit)
-# A forked child inherits the parent's instances but must never finish them.
-os.register_at_fork(after_in_child=lambda: _live.clear())
+def _before_fork() -> None:
+    """A child is about to be forked: give each open instance a listener for what it logs."""
+    for ins in list(_live):
+        if ins._children is None and ins._writer is not None and os.getpid() == ins._pid:
+            try:
+                ins._children = ChildListener(ins._writer.log_metrics, ins._writer.log_event)
+            except OSError as exc:
+                log.warning("metrics from forked children of instance %s cannot be recorded: %s",
+                            ins.training_ins_id, exc)
+
+
+def _after_fork_in_child() -> None:
+    """In the child: the instances log through the parent's listener, and are never finished here."""
+    for ins in list(_live):
+        if ins._children is not None:
+            forwarder = ChildForwarder(ins._children.address)
+            ins.log_metrics = forwarder.log_metrics  # type: ignore[method-assign]
+            ins.log_event = forwarder.log_event  # type: ignore[method-assign]
+        ins._children = None
+    _live.clear()
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

@@ -1,0 +1,168 @@
+"""Metrics from forked children (DataLoader workers, ``multiprocessing`` with fork) reach the
+parent's record.
+
+A child must not write ``metrics.jsonl`` itself (the parent holds its lock and numbers its
+records). Just before a fork, the parent opens a :class:`ChildListener`: a Unix datagram socket
+in a private directory, read by a daemon thread that hands each message to the parent's
+``log_metrics``/``log_event``. In the child, the instance's ``log_metrics``/``log_event`` become a
+:class:`ChildForwarder`, which converts values to plain numbers there (``.item()`` on tensors)
+and sends one JSON datagram per call. A full socket makes the child wait: nothing is dropped.
+The records carry the parent's rank and get the parent's next ``seq``.
+
+Example:
+    >>> import tempfile, os
+    >>> got = []
+    >>> lis = ChildListener(lambda *a, **k: got.append((a, k)), lambda *a, **k: None)
+    >>> ChildForwarder(lis.address).log_metrics({"loss": 0.5}, step=3)
+    >>> lis.drain(); lis.close()
+    >>> got
+    [(({'loss': 0.5}, 3, None, None, 'train'), {})]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import tempfile
+import threading
+from typing import Any, Callable, Mapping
+
+from ava.errors import MetricsError
+
+log = logging.getLogger(__name__)
+
+_MAX_DATAGRAM = 1 << 16
+
+
+def _plain(name: str, value: Any) -> Any:
+    """A JSON-able number for ``value`` (tensors and numpy scalars read here, in the child)."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (int, float)):
+        return value
+    item = getattr(value, "item", None)
+    if item is None and hasattr(value, "asscalar"):
+        item = value.asscalar
+    if item is not None:
+        try:
+            value = item()
+        except (ValueError, RuntimeError) as exc:
+            raise MetricsError(f"metric {name!r} is not a single number: {exc}") from None
+    try:
+        return value if isinstance(value, int) else float(value)
+    except (TypeError, ValueError):
+        raise MetricsError(f"metric {name!r} must be a number, got {type(value).__name__}") from None
+
+
+def _encode(obj: Any) -> bytes:
+    # Non-finite values as strings: the parent's writer takes them back as floats.
+    def fix(v: Any) -> Any:
+        return repr(v) if isinstance(v, float) and not math.isfinite(v) else v
+
+    if obj[0] == "m":
+        obj = [obj[0], {k: fix(v) for k, v in obj[1].items()}, *obj[2:]]
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class ChildForwarder:
+    """``log_metrics``/``log_event`` of an instance inside a forked child (see the module doc).
+
+    Args:
+        address: the parent's :class:`ChildListener` socket path.
+    """
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def _send(self, obj: Any) -> None:
+        data = _encode(obj)
+        if len(data) > _MAX_DATAGRAM:
+            raise MetricsError(f"one log_metrics call from a forked child is limited to {_MAX_DATAGRAM} bytes of "
+                               f"JSON, got {len(data)}; log fewer values per call")
+        with self._lock:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._sock.connect(self.address)
+            self._sock.send(data)  # blocks while the parent's socket is full
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, epoch: int | None = None,
+                    batch: int | None = None, phase: str = "train", **kwargs: Any) -> None:
+        if not isinstance(metrics, Mapping):
+            raise MetricsError(f"metrics must be a mapping of name to number, got {type(metrics).__name__}")
+        values = {str(k): _plain(str(k), v) for k, v in metrics.items()}
+        self._send(["m", values, step, epoch, batch, phase, kwargs])
+
+    def log_event(self, event: str, step: int | None = None, **details: Any) -> None:
+        self._send(["e", event, step, {k: v for k, v in details.items()}])
+
+
+class ChildListener:
+    """The parent's end: receives what forked children log and records it.
+
+    Args:
+        log_metrics: the parent's ``log_metrics``.
+        log_event: the parent's ``log_event``.
+    """
+
+    def __init__(self, log_metrics: Callable[..., None], log_event: Callable[..., None]) -> None:
+        self._log_metrics = log_metrics
+        self._log_event = log_event
+        self._dir = tempfile.mkdtemp(prefix="ava-children-")
+        self.address = os.path.join(self._dir, "metrics.sock")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self.address)
+        self._lock = threading.Lock()  # one reader at a time: the thread, or drain()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="ava-child-metrics", daemon=True)
+        self._thread.start()
+
+    def _handle(self, data: bytes) -> None:
+        try:
+            msg = json.loads(data)
+            if msg[0] == "m":
+                values = {k: float(v) if isinstance(v, str) else v for k, v in msg[1].items()}
+                self._log_metrics(values, msg[2], msg[3], msg[4], msg[5], **msg[6])
+            else:
+                self._log_event(msg[1], msg[2], **msg[3])
+        except MetricsError as exc:
+            log.warning("a record from a forked child was refused: %s", exc)
+        except (ValueError, IndexError, TypeError, KeyError) as exc:
+            log.warning("a malformed message from a forked child was ignored: %s", exc)
+
+    def _run(self) -> None:
+        while not self._closed:
+            try:
+                self._sock.settimeout(0.5)
+                with self._lock:
+                    data = self._sock.recv(_MAX_DATAGRAM + 1)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self._handle(data)
+
+    def drain(self) -> None:
+        """Record every message already sent (before the parent closes its writer)."""
+        with self._lock:
+            self._sock.setblocking(False)
+            try:
+                while True:
+                    try:
+                        data = self._sock.recv(_MAX_DATAGRAM + 1)
+                    except (BlockingIOError, InterruptedError):
+                        return
+                    self._handle(data)
+            finally:
+                self._sock.setblocking(True)
+
+    def close(self) -> None:
+        self._closed = True
+        self._thread.join(1.0)
+        self._sock.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
