@@ -208,6 +208,7 @@ class SnapshotUploader:
 
     def _upload(self, snap: dict[str, Any]) -> None:
         prefix_url = join_url(self.storage_url, snap["id"])
+        self._with_retries(f"taking {snap['id']} out of use before its upload", lambda: self._unconfirm(snap["id"]))
         started = time.monotonic()
         entries = []
         total = 0
@@ -241,6 +242,34 @@ class SnapshotUploader:
         self._finish(snap, DONE, None)
         log.info("snapshot %s uploaded: %d files, %d bytes in %.2f s", snap["id"], len(entries), total, seconds)
         self._prune_local()
+
+    def _unconfirm(self, key: str) -> None:
+        """A name confirmed earlier is uploaded again (a run that rewound saves it anew): take it
+        out of use first, so that no crash can leave ``LATEST`` or a manifest describing objects
+        that are being replaced."""
+        manifest_url = join_url(self.storage_url, key, MANIFEST)
+        try:
+            self.storage.stat(manifest_url)
+        except ObjectNotFoundError:
+            return  # a new name: nothing to protect
+        latest_url = join_url(self.storage_url, LATEST)
+        if read_latest(self.storage_url) == key:
+            with self._cond:
+                older = [s["id"] for s in self._snapshots if s["state"] == DONE and s["id"] != key]
+            fallback = None
+            for prev in reversed(older):  # the newest other snapshot still whole in storage
+                try:
+                    self.storage.stat(join_url(self.storage_url, prev, MANIFEST))
+                    fallback = prev
+                    break
+                except ObjectNotFoundError:
+                    continue
+            if fallback is not None:
+                self.storage.put_text(fallback, latest_url)
+            else:
+                self.storage.delete(latest_url)
+        self.storage.delete(manifest_url)
+        log.info("snapshot %s is saved again: its earlier copy is out of use until the new one is confirmed", key)
 
     def _finish(self, snap: dict[str, Any], state: str, error: str | None) -> None:
         with self._cond:

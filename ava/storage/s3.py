@@ -267,7 +267,8 @@ class S3Storage(Storage):
         client = self.client(url)
         try:
             if size < self.multipart_threshold:
-                etag = self._put_small(client, local, bucket, key, url)
+                # The size of what was sent: a file that changed since its stat shows as a mismatch.
+                etag, size = self._put_small(client, local, bucket, key, url)
             else:
                 etag = self._put_multipart(client, local, bucket, key, url, size)
         except StorageError:
@@ -280,7 +281,7 @@ class S3Storage(Storage):
             raise self._error(exc, url, f"upload of {local} to") from None
         return ObjectInfo(url, size, etag, time.time())
 
-    def _put_small(self, client: Any, local: Path, bucket: str, key: str, url: str) -> str:
+    def _put_small(self, client: Any, local: Path, bucket: str, key: str, url: str) -> tuple[str, int]:
         data = local.read_bytes()
         md5 = hashlib.md5(data, usedforsecurity=False)
         resp = client.put_object(Bucket=bucket, Key=key, Body=data,
@@ -290,7 +291,7 @@ class S3Storage(Storage):
         if etag and not self._encrypted(resp) and etag != md5.hexdigest():
             raise StorageError(f"upload of {local} to {url}: the stored ETag {etag} differs from the file's MD5 "
                                f"{md5.hexdigest()}; upload it again")
-        return etag
+        return etag, len(data)
 
     @staticmethod
     def _encrypted(resp: dict[str, Any]) -> bool:

@@ -95,8 +95,9 @@ def newest_snapshot(snapshots_url: str, output_dir: Path, restore_dir: Path,
                     download: bool = True) -> tuple[str | None, dict[str, Any], list[Path]]:
     """The newest confirmed snapshot under ``snapshots_url``: ``(name, meta, local files)``.
 
-    A file is taken from ``output_dir`` when it is there with the manifest's size; otherwise it
-    is downloaded into ``restore_dir/<name>/`` (never over a local file). Storage errors are
+    A file is taken from ``output_dir`` when it is there with the manifest's size and was not
+    modified after the snapshot was confirmed; otherwise it is downloaded into
+    ``restore_dir/<name>/`` (never over a local file). Storage errors are
     logged and give ``(None, {}, [])``: a resume must not fail because storage is away.
     """
     try:
@@ -106,12 +107,16 @@ def newest_snapshot(snapshots_url: str, output_dir: Path, restore_dir: Path,
         store = get_storage(snapshots_url)
         manifest = json.loads(store.get_text(join_url(snapshots_url, name, MANIFEST)))
         files: list[Path] = []
+        completed = manifest.get("completed")
+        completed = float(completed) if isinstance(completed, (int, float)) else None
         for entry in manifest.get("files", []):
             fname = str(entry.get("name", ""))
             if not fname or "/" in fname or fname in (".", ".."):
                 raise AvaError(f"snapshot {name} in {snapshots_url}: manifest names a bad file {fname!r}")
             local = output_dir / fname
-            if local.is_file() and local.stat().st_size == entry.get("size"):
+            st = local.stat() if local.is_file() else None
+            # The local copy is the snapshot's if it has its size and was not written after the upload.
+            if st is not None and st.st_size == entry.get("size") and (completed is None or st.st_mtime <= completed):
                 files.append(local)
                 continue
             target = restore_dir / name / fname

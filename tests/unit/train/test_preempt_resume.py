@@ -133,3 +133,22 @@ def test_every_line_of_a_distributed_run_carries_the_rank(ws, monkeypatch):
     lines = (ins.logs_dir / "run.log").read_text().splitlines()
     assert lines and all(" rank0 " in line for line in lines)
     assert any("a line of the script" in line for line in lines)
+
+
+def test_a_local_file_rewritten_after_the_upload_is_not_taken_for_the_snapshot(ws):
+    import os
+    import time
+
+    ins = make(ws)
+    f = Path(ins.get_snapshot_base_path()) / "w.bin"
+    f.write_bytes(b"a" * 64)
+    ins.save_snapshot([f], "epoch-0000", meta={"step": 1})
+    ins.done()
+    f.write_bytes(b"b" * 64)  # same name and size, other content, written later
+    later = time.time() + 5
+    os.utime(f, (later, later))
+    again = make(ws)
+    info = again.resume_info()
+    assert info.files == [again.run_dir / "restored" / "epoch-0000" / "w.bin"]
+    assert info.files[0].read_bytes() == b"a" * 64
+    again.done()
