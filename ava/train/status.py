@@ -31,6 +31,14 @@ STATUS_CRASHED = "crashed"
 FINAL_STATUSES = (STATUS_DONE, STATUS_FAILED, STATUS_PREEMPTED)
 
 
+def boot_id() -> str | None:
+    """This machine's boot id (Linux): with host and pid it names one process of one boot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
 def now_rfc3339() -> str:
     """The current UTC time as RFC 3339 with milliseconds (``2026-11-22T03:04:05.678Z``)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -89,6 +97,7 @@ class StatusFile:
                 "stop_time": prev.get("stop_time"),
                 "pid": prev.get("pid"),
                 "host": prev.get("host"),
+                "boot_id": prev.get("boot_id"),
             }
             if prev.get("err_msg"):
                 attempt["err_msg"] = prev["err_msg"]
@@ -104,6 +113,7 @@ class StatusFile:
             "exit_code": None,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "boot_id": boot_id(),
             "history": history,
         }
         self.write(doc)
