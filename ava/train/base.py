@@ -171,6 +171,7 @@ class TrainInstance:
         self.log_metrics = self._writer.log_metrics  # type: ignore[method-assign]
         self._resume_info: ResumeInfo | None = None
         self._children: ChildListener | None = None  # opened at the first fork
+        self._warned_unsharded = False
         self._start_seq = start_seq
         if handle_signals if handle_signals is not None else self._env.handle_signals:
             preempt.install(self._env.preempt_timeout)
@@ -335,21 +336,33 @@ class TrainInstance:
 
     @property
     def snapshot_uploader(self) -> SnapshotUploader:
-        """The background uploader of this instance (started on first use)."""
+        """The background uploader of this instance (started on first use): ``<storage_url>/snapshots``
+        on rank 0, ``<storage_url>/snapshots-rank<k>`` (its shards) on rank k."""
         if self._uploader is None:
+            where = "snapshots" if self.rank == 0 else f"snapshots-rank{self.rank}"
             self._uploader = SnapshotUploader(
-                join_url(self.storage_url, "snapshots"), self._snapshot_state,
+                join_url(self.storage_url, where), self._snapshot_state,
                 on_metrics=lambda m: self.log_metrics(m, step=None),
             )
         return self._uploader
 
     def save_snapshot(self, files: Sequence[str | Path], name: str, meta: Mapping[str, Any] | None = None,
-                      step: int | None = None) -> str:
+                      step: int | None = None, *, sharded: bool = False) -> str:
         """Hand a snapshot's files to the background uploader; returns at once.
 
         The files are uploaded under ``<storage_url>/snapshots/<name>/``; ``LATEST`` moves to
         ``name`` once all of them are confirmed. Local files are never deleted.
+
+        Rank 0 owns the run's snapshots. On another rank the call uploads nothing (with one
+        warning) unless ``sharded=True``: then this rank's files go under
+        ``<storage_url>/snapshots-rank<k>/<name>/`` with a ``LATEST`` of their own.
         """
+        if self.rank != 0 and not sharded:
+            if not self._warned_unsharded:
+                self._warned_unsharded = True
+                log.warning("rank %d: save_snapshot(%r) uploads nothing: rank 0 owns the run's snapshots (pass "
+                            "sharded=True to upload this rank's shard); the files stay on disk", self.rank, name)
+            return name
         key = self.snapshot_uploader.submit(files, name, dict(meta or {}))
         self.log_event("snapshot", step=step, name=name, files=[str(f) for f in files])
         return key

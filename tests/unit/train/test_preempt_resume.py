@@ -152,3 +152,19 @@ def test_a_local_file_rewritten_after_the_upload_is_not_taken_for_the_snapshot(w
     assert info.files == [again.run_dir / "restored" / "epoch-0000" / "w.bin"]
     assert info.files[0].read_bytes() == b"a" * 64
     again.done()
+
+
+def test_other_ranks_upload_snapshots_only_as_shards(ws, caplog):
+    ins = train.TrainInstance("sharded", workspace=ws.root, setup_logging=False, handle_signals=False, rank=1)
+    f = Path(ins.get_snapshot_base_path()) / "shard-1.bin"
+    f.write_bytes(b"s" * 32)
+    ins.save_snapshot([f], "epoch-0000")
+    ins.save_snapshot([f], "epoch-0001")
+    assert ins._uploader is None and caplog.text.count("uploads nothing") == 1
+    ins.save_snapshot([f], "epoch-0000", sharded=True)
+    ins.done()
+    stored = ws.root / "storage" / "sharded"
+    assert (stored / "snapshots-rank1" / "LATEST").read_text() == "epoch-0000"
+    assert (stored / "snapshots-rank1" / "epoch-0000" / "shard-1.bin").read_bytes() == b"s" * 32
+    assert not (stored / "snapshots").exists()
+    assert f.exists()
