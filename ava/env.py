@@ -127,6 +127,17 @@ class Env:
         return self.get(AVA_WORKSPACE)
 
     @property
+    def workspace_config_dir(self) -> Path | None:
+        """The workspace's ``config/`` as ``Workspace.discover`` would find it, without creating anything."""
+        override = self.workspace_override
+        if override:
+            return Path(override) / "config"
+        for root in (Path(DEFAULT_WORKSPACE), Path.cwd() / "workspace"):
+            if root.is_dir():
+                return root / "config"
+        return None
+
+    @property
     def training_instance_id(self) -> str | None:
         return self.get(AVA_TRAINING_INSTANCE_ID)
 

@@ -97,17 +97,6 @@ def _ordered(values: set[str]) -> tuple[str, ...]:
     return tuple(sorted(values, key=len, reverse=True))
 
 
-def _workspace_config_dir(env: Any) -> Path | None:
-    """The workspace's ``config/`` as ``Workspace.discover`` would find it, without creating anything."""
-    override = env.workspace_override
-    if override:
-        return Path(override) / "config"
-    for root in (Path("/workspace"), Path.cwd() / "workspace"):
-        if root.is_dir():
-            return root / "config"
-    return None
-
-
 def _load(environ: Any = None, config_dir: str | Path | None = None) -> None:
     global _from_env, _secrets, _loading
     with _lock:
@@ -121,7 +110,7 @@ def _load(environ: Any = None, config_dir: str | Path | None = None) -> None:
 
                 env = environ if isinstance(environ, Env) else Env(environ)
                 found.update(v for v in (env.get(name) for name in SECRET_VARIABLES) if v)
-                where = Path(config_dir) if config_dir is not None else _workspace_config_dir(env)
+                where = Path(config_dir) if config_dir is not None else env.workspace_config_dir
                 if where is not None:
                     user = read_config(where, CONFIG_USER)
                     found.update(str(user[k]) for k in ("key", "secret") if user.get(k))

@@ -121,6 +121,18 @@ def _number_at(text: str, pos: int) -> float | None:
     return to_float(m.group()) if m else None
 
 
+def _line_end(text: str, pos: int, has_cr: bool) -> int:
+    """Where the line holding ``pos`` ends (its ``\n``, or a ``\r`` before it, or the text's end)."""
+    end = text.find("\n", pos + 1)
+    if end < 0:
+        end = len(text)
+    if has_cr:
+        cr = text.find("\r", pos + 1, end)
+        if cr >= 0:
+            end = cr
+    return end
+
+
 class CaffeLogParser:
     """Incremental Caffe log parser: :meth:`parse_line` per line, state carried across lines.
 
@@ -194,14 +206,7 @@ class CaffeLogParser:
                         out += records
                         done = m.end()
                         continue
-            end = find("\n", pos + 1)
-            if end < 0:
-                end = len(text)
-            if has_cr:
-                cr = find("\r", pos + 1, end)
-                if cr >= 0:
-                    end = cr
-            done = end
+            done = end = _line_end(text, pos, has_cr)
             try:
                 records = self._parse(text[start:end])
             except Exception:  # noqa: BLE001 - as in parse_line
@@ -227,14 +232,7 @@ class CaffeLogParser:
                 start = rfind("\n", 0, pos) + 1
                 if has_cr:
                     start = max(start, rfind("\r", start, pos) + 1)
-            end = find("\n", pos + 1)
-            if end < 0:
-                end = len(text)
-            if has_cr:
-                cr = find("\r", pos + 1, end)
-                if cr >= 0:
-                    end = cr
-            done = end
+            done = end = _line_end(text, pos, has_cr)
             try:
                 m = hot(text, start, end)
                 records = (self._hot(m.groups()) if m else None) or self._parse(text[start:end])

@@ -219,13 +219,7 @@ class QiniuStorage(Storage):
         """The workspace's ``config/`` as ``Workspace.discover`` finds it, without creating anything."""
         if self._config_dir_option is not None:
             return self._config_dir_option
-        override = self._env.workspace_override
-        if override:
-            return Path(override) / "config"
-        for root in (Path("/workspace"), Path.cwd() / "workspace"):
-            if root.is_dir():
-                return root / "config"
-        return None
+        return self._env.workspace_config_dir
 
     def _auth(self, url: str) -> Any:
         import qiniu
