@@ -6,7 +6,7 @@ few type checks; :func:`to_json_number` may call ``.item()`` on a tensor (a devi
 runs only on the writer's thread.
 
 Example:
-    >>> make_record(1.5, 10, 1, 2, "train", "loss", float("nan"), rank=0, seq=7)["value"]
+    >>> make_record(1.5, 10, 1, 2, "train", "loss", to_json_number(float("nan")), rank=0, seq=7)["value"]
     'nan'
 """
 
@@ -151,6 +151,36 @@ def make_record(
     if unit is not None:
         rec["unit"] = unit
     return rec
+
+
+#: One ``log_metrics`` call after conversion, as the writer hands it to sinks that take calls:
+#: ``(ts, step, epoch, batch, phase, metrics, net, units, seq, rank)``, where ``ts`` is rounded,
+#: ``metrics`` maps each name to its converted value, and the k-th metric gets ``seq + k``.
+#: An event record stays a dict. :func:`records_of` turns both into records.
+CallEntry = tuple  # a plain tuple: building it is the cheapest thing the writer can do
+
+
+def records_of(entries: list[Any]) -> list[dict[str, Any]]:
+    """The records of converted calls (see :data:`CallEntry`), exactly as :func:`make_record` builds them."""
+    out: list[dict[str, Any]] = []
+    append = out.append
+    for entry in entries:
+        if type(entry) is dict:
+            append(entry)
+            continue
+        ts, step, epoch, batch, phase, metrics, net, units, seq, rank = entry
+        for name, value in metrics.items():
+            rec = {"ts": ts, "step": step, "epoch": epoch, "batch": batch, "phase": phase,
+                   "name": name, "value": value, "rank": rank, "seq": seq}
+            if net is not None:
+                rec["net"] = net
+            if units:
+                unit = units.get(name)
+                if unit is not None:
+                    rec["unit"] = unit
+            seq += 1
+            append(rec)
+    return out
 
 
 def is_metric(record: Mapping[str, Any]) -> bool:

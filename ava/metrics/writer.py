@@ -1,9 +1,10 @@
 """MetricsWriter: the training thread appends to a bounded buffer; a daemon thread does the rest.
 
-The calling thread only checks types and appends a tuple under a lock. The writer thread wakes
-at least every ``flush_interval`` seconds (or when the buffer is half full, or on ``flush()``),
-converts values (tensors included), numbers each record with ``seq``, and hands the batch to the
-sinks: first the durable one, then any others. When the buffer is full, the caller waits: a
+The calling thread only checks types and appends a tuple under a lock. The writer thread drains
+the buffer once every ``flush_interval`` seconds at most (sooner when the buffer is half full, on
+``flush()`` and on ``close()``), so it wakes rarely and works on large batches: it converts values
+(tensors included), numbers each record with ``seq``, and hands the batch to the sinks: first the
+durable one, then any others. When the buffer is full, the caller waits: a
 record is never dropped. A failure of the durable sink keeps the batch for a retry and surfaces
 once, as a :class:`MetricsError` on the next ``log_metrics`` call; it never kills the thread.
 
@@ -32,7 +33,7 @@ import weakref
 from typing import Any, Mapping, Sequence
 
 from ava.errors import MetricsError
-from ava.metrics.record import PHASES, check_metrics, check_step, make_record, to_json_number
+from ava.metrics.record import PHASES, check_metrics, check_step, records_of, to_json_number
 from ava.metrics.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ DEFAULT_MAX_BUFFER = 10_000
 DEFAULT_FLUSH_INTERVAL = 0.5
 _RETRY_LOG_EVERY = 60.0
 
+_FAST_TYPES = (float, int)
+_NO_RECORDS: list[dict[str, Any]] = []  # what sinks that do not read records get (they only need the call)
 _live: "weakref.WeakSet[MetricsWriter]" = weakref.WeakSet()
 
 
@@ -69,13 +72,18 @@ class MetricsWriter:
         if not sinks:
             raise ValueError("MetricsWriter needs at least one sink")
         self._sinks = list(sinks)
+        # A durable sink that takes converted calls (JsonlSink) gets them without a dict per record;
+        # the records are built only for sinks that read them.
+        self._write_calls = getattr(self._sinks[0], "write_calls", None)
+        self._others_want_records = any(getattr(s, "wants_records", True) for s in self._sinks[1:])
         self.rank = rank
         self._seq = start_seq
         self._max = max(1, max_buffer)
         self._wake_at = max(1, self._max // 2)
         self._interval = flush_interval
         self.atexit_timeout = atexit_timeout
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()  # the hot path takes it directly (Condition's own methods are Python)
+        self._cond = threading.Condition(self._lock)
         self._buf: list[tuple[Any, ...]] = []
         self._enqueued = 0
         self._done = 0
@@ -111,12 +119,20 @@ class MetricsWriter:
             epoch = check_step(epoch, "epoch")
         if batch is not None and type(batch) is not int:
             batch = check_step(batch, "batch")
-        # _put inlined: this is the training thread's hot path.
-        item = (time.time(), step, epoch, batch, phase, check_metrics(metrics), net, units)
+        # check_metrics and _put inlined: this is the training thread's hot path.
+        if type(metrics) is dict:
+            metrics = metrics.copy()  # the caller may change its dict after the call
+            for name, value in metrics.items():
+                if type(name) is not str or type(value) not in _FAST_TYPES:
+                    metrics = check_metrics(metrics)  # raises, or keeps tensors safely (detached)
+                    break
+        else:
+            metrics = check_metrics(metrics)
+        item = (time.time(), step, epoch, batch, phase, metrics, net, units)
         if self._forked or self._surface is not None:
             self._put(item)
             return
-        with self._cond:
+        with self._lock:
             if self._closing or len(self._buf) >= self._max:
                 pass  # the slow path below waits or raises
             else:
@@ -212,13 +228,23 @@ class MetricsWriter:
 
     # --- the writer thread ---------------------------------------------------------------
     def _run(self) -> None:
-        pending: list[dict[str, Any]] = []
+        pending: list[Any] = []  # converted calls and event records not yet in the durable sink
         pending_items = 0
         last_retry_log = 0.0
+        next_drain = time.monotonic() + self._interval
         while True:
             with self._cond:
-                if not self._buf and not self._closing and not self._flush_wanted:
-                    self._cond.wait(self._interval)
+                # Drain at most once an interval, in one batch (one write(2)), unless flush() or
+                # close() waits or the buffer is half full: fewer wake-ups, less work per record.
+                while not (self._closing or self._flush_wanted or len(self._buf) >= self._wake_at):
+                    left = next_drain - time.monotonic()
+                    if left <= 0:
+                        if self._buf or pending:
+                            break
+                        left = self._interval
+                        next_drain = time.monotonic() + left
+                    self._cond.wait(left)
+                next_drain = time.monotonic() + self._interval
                 # While the durable sink is failing, take no more than the buffer's worth.
                 room = self._max - len(pending) if pending else len(self._buf)
                 take = self._buf[: max(0, room)] if pending else self._buf
@@ -230,12 +256,17 @@ class MetricsWriter:
                 pending.extend(self._convert(take))
                 pending_items += len(take)
             if pending:
+                records = None
                 try:
-                    self._sinks[0].write(pending)
+                    if self._write_calls is not None:
+                        self._write_calls(pending)
+                    else:
+                        records = records_of(pending)
+                        self._sinks[0].write(records)
                 except Exception as exc:  # noqa: BLE001 - a background thread must not die
                     now = time.monotonic()
                     if not self._write_failing or now - last_retry_log > _RETRY_LOG_EVERY:
-                        log.error("cannot write metrics to %s: %s; keeping %d records to retry",
+                        log.error("cannot write metrics to %s: %s; keeping %d calls to retry",
                                   getattr(self._sinks[0], "path", self._sinks[0]), exc, len(pending))
                         last_retry_log = now
                     if not self._write_failing:
@@ -249,8 +280,11 @@ class MetricsWriter:
                     continue
                 if self._write_failing:
                     self._write_failing = False
-                    log.info("metrics are being written again; %d records caught up", len(pending))
-                self._write_others(pending)
+                    log.info("metrics are being written again; %d calls caught up", len(pending))
+                if self._others_want_records:
+                    self._write_others(records if records is not None else records_of(pending))
+                else:
+                    self._write_others(_NO_RECORDS)
                 written = pending_items
                 pending, pending_items = [], 0
                 with self._cond:
@@ -266,41 +300,50 @@ class MetricsWriter:
         with self._cond:
             self._cond.notify_all()
 
-    def _convert(self, items: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-        records: list[dict[str, Any]] = []
+    def _convert(self, items: list[tuple[Any, ...]]) -> list[Any]:
+        """Buffered calls -> converted calls (:data:`~ava.metrics.record.CallEntry`) and event records.
+
+        No per-record object is built here: a call whose values are all finite floats or ints
+        (the common case) keeps its private mapping as it is.
+        """
+        entries: list[Any] = []
+        append = entries.append
         rank = self.rank
-        for item in items:
-            if len(item) == 4:
-                ts, step, event, details = item
-                rec: dict[str, Any] = {"ts": round(ts, 6), "step": step, "event": event}
-                rec.update(details)
-                rec["rank"], rec["seq"] = rank, self._seq
-                self._seq += 1
-                records.append(rec)
-                continue
-            ts, step, epoch, batch, phase, metrics, net, units = item
-            ts = round(ts, 6)
-            for name, value in metrics.items():
-                if type(value) is float and value - value == 0.0 and net is None and not units:
-                    # The common case, inlined: a finite float, no extra keys (make_record's shape).
-                    records.append({"ts": ts, "step": step, "epoch": epoch, "batch": batch, "phase": phase,
-                                    "name": name, "value": value, "rank": rank, "seq": self._seq})
-                    self._seq += 1
+        seq = self._seq
+        try:
+            for item in items:
+                if len(item) == 4:
+                    ts, step, event, details = item
+                    rec: dict[str, Any] = {"ts": round(ts, 6), "step": step, "event": event}
+                    rec.update(details)
+                    rec["rank"], rec["seq"] = rank, seq
+                    seq += 1
+                    append(rec)
                     continue
-                try:
-                    number = to_json_number(value)
-                except Exception as exc:  # noqa: BLE001 - surfaced to the caller below
-                    err = MetricsError(f"metric {name!r} at step {step} could not be converted to a number: {exc}")
-                    log.error("%s", err)
-                    if self._surface is None:
-                        self._surface = err
-                    continue
-                records.append(make_record(
-                    ts, step, epoch, batch, phase, name, number, rank=rank, seq=self._seq,
-                    net=net, unit=units.get(name) if units else None,
-                ))
-                self._seq += 1
-        return records
+                ts, step, epoch, batch, phase, metrics, net, units = item
+                for value in metrics.values():
+                    vt = type(value)
+                    if not (vt is int or (vt is float and value - value == 0.0)):
+                        metrics = self._convert_values(metrics, step)
+                        break
+                if metrics:
+                    append((round(ts, 6), step, epoch, batch, phase, metrics, net, units, seq, rank))
+                    seq += len(metrics)
+        finally:
+            self._seq = seq
+        return entries
+
+    def _convert_values(self, metrics: dict[str, Any], step: int | None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, value in metrics.items():
+            try:
+                out[name] = to_json_number(value)
+            except Exception as exc:  # noqa: BLE001 - surfaced to the caller below
+                err = MetricsError(f"metric {name!r} at step {step} could not be converted to a number: {exc}")
+                log.error("%s", err)
+                if self._surface is None:
+                    self._surface = err
+        return out
 
     def _write_others(self, records: list[dict[str, Any]]) -> None:
         for index, sink in enumerate(self._sinks[1:], 1):

@@ -188,7 +188,8 @@ class WindowReader:
 
     def read(self, eval_metric: Any, out: dict[str, Any] | None = None) -> dict[str, Any]:
         """name -> value over the window since the last read (into ``out`` when given)."""
-        self._prepare(eval_metric)
+        if eval_metric is not self._metric or self._size != len(getattr(eval_metric, "metrics", ()) or ()):
+            self._prepare(eval_metric)
         if out is None:
             out = {}
         prev = self._prev
@@ -197,14 +198,15 @@ class WindowReader:
             if kind == "local":
                 _as_dict(_pairs(*(leaf.get() if leaf.num_inst else leaf.get_global())), out)
             else:
-                g_sum, g_num = leaf.global_sum_metric, leaf.global_num_inst
+                # As Python floats: numpy scalar arithmetic costs several times more.
+                g_sum, g_num = float(leaf.global_sum_metric), float(leaf.global_num_inst)
                 p_sum, p_num = prev[i]
                 if g_num < p_num:  # reset since the last read
                     p_sum, p_num = 0.0, 0.0
                 prev[i] = (g_sum, g_num)
                 n = g_num - p_num
                 if n:
-                    value = float(g_sum - p_sum) / float(n)
+                    value = (g_sum - p_sum) / n
                     out[name] = math.exp(value) if kind == "exp" else value
                 else:
                     out[name] = math.nan

@@ -21,6 +21,14 @@ class Sink:
         1
     """
 
+    #: False when :meth:`write` ignores its records (a sink that reads the durable file instead):
+    #: the writer then builds no record dicts for it.
+    wants_records = True
+
+    # The durable (first) sink may also define ``write_calls(entries)``: it then gets the writer's
+    # converted calls, one tuple per ``log_metrics`` call, instead of one dict per record
+    # (see :func:`ava.metrics.record.records_of` for what they hold).
+
     def write(self, records: list[dict[str, Any]]) -> None:
         """Take a batch of records (called on the writer thread only)."""
 

@@ -115,6 +115,8 @@ class HttpSink(Sink):
     (it names the endpoint, which may carry credentials).
     """
 
+    wants_records = False  # it tails metrics.jsonl; the records handed to write() are not read
+
     def __init__(self, base_url: str, instance_id: str, jsonl_path: Path | str, *, batch_records: int = 10_000,
                  connect_timeout: float = 5.0, read_timeout: float = 30.0, max_backoff: float = 30.0,
                  env: Any = None) -> None:

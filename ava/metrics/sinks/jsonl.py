@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ava.errors import InstanceError, MetricsError
+from ava.metrics.record import records_of
 from ava.metrics.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -46,17 +47,17 @@ _METRIC_KEYS = ("ts", "step", "epoch", "batch", "phase", "name", "value", "rank"
 _OPTIONAL = ("net", "unit")
 
 
+_UNSET: Any = object()
+_PHASES = frozenset(("train", "val", "test"))
+_NONFINITE = frozenset(("nan", "inf", "-inf"))
+
+
 def _int_or_null(v: Any) -> str:
     return "null" if v is None else str(int(v))
 
 
-def encode_line(record: dict[str, Any]) -> bytes:
-    """One record as a UTF-8 line ending in ``\\n``.
-
-    Metric records built by the writer (the contract's keys, converted values) are formatted
-    directly, which is several times faster than ``json.dumps`` and gives the same text; any
-    other record goes through the JSON encoder.
-    """
+def _encode_text(record: dict[str, Any]) -> str:
+    """One record as JSON text ending in ``\\n`` (see :func:`encode_line`)."""
     if "event" not in record and len(record) <= 11:
         try:
             name = record["name"]
@@ -88,10 +89,159 @@ def encode_line(record: dict[str, Any]) -> bytes:
                 if extra:
                     raise TypeError
             if record["phase"] in ("train", "val", "test") and type(record["ts"]) is float:
-                return (text + "}\n").encode("utf-8")
+                return text + "}\n"
         except (KeyError, TypeError, ValueError):
             pass
-    return (_dumps(record) + "\n").encode("utf-8")
+    return _dumps(record) + "\n"
+
+
+def encode_line(record: dict[str, Any]) -> bytes:
+    """One record as a UTF-8 line ending in ``\\n``.
+
+    Metric records built by the writer (the contract's keys, converted values) are formatted
+    directly, which is several times faster than ``json.dumps`` and gives the same text; any
+    other record goes through the JSON encoder.
+    """
+    return _encode_text(record).encode("utf-8")
+
+
+def encode_lines(records: list[dict[str, Any]]) -> list[str]:
+    """The text of :func:`encode_line` for each record (as ``str``), built for a whole batch.
+
+    The writer gives the records of one ``log_metrics`` call the very same ``ts``, ``step``,
+    ``epoch``, ``batch``, ``phase`` and ``rank`` objects, so the text of those keys is built once
+    per call instead of once per record; a record of any other shape goes through
+    :func:`encode_line`'s path and comes out identical.
+    """
+    out: list[str] = []
+    append = out.append
+    names = _names
+    k_ts: Any = _UNSET
+    k_step = k_epoch = k_batch = k_phase = k_rank = _UNSET
+    head = tail = ""  # the text before the name, and between the value and seq; "" = no fast path
+    for rec in records:
+        try:
+            if len(rec) > 11 or "event" in rec:
+                raise KeyError
+            ts, step, epoch, batch, phase, rank = (
+                rec["ts"], rec["step"], rec["epoch"], rec["batch"], rec["phase"], rec["rank"])
+            name, value, seq = rec["name"], rec["value"], rec["seq"]
+        except KeyError:
+            append(_encode_text(rec))
+            continue
+        if (ts is not k_ts or step is not k_step or epoch is not k_epoch or batch is not k_batch
+                or phase is not k_phase or rank is not k_rank):
+            k_ts, k_step, k_epoch, k_batch, k_phase, k_rank = ts, step, epoch, batch, phase, rank
+            if (type(ts) is float and type(phase) is str and phase in _PHASES and _plain_int(step) and _plain_int(epoch)
+                    and _plain_int(batch) and _plain_int(rank)):
+                head = (f'{{"ts":{ts!r},"step":{"null" if step is None else step},'
+                        f'"epoch":{"null" if epoch is None else epoch},"batch":{"null" if batch is None else batch},'
+                        f'"phase":"{phase}","name":')
+                tail = f',"rank":{"null" if rank is None else rank},"seq":'
+            else:
+                head = ""
+        vt = type(value)
+        if not head or type(seq) is not int or type(name) is not str:
+            append(_encode_text(rec))
+            continue
+        if vt is float:
+            value_json = repr(value)
+        elif vt is int:
+            value_json = str(value)
+        elif vt is str and value in _NONFINITE:
+            value_json = f'"{value}"'
+        else:
+            append(_encode_text(rec))
+            continue
+        name_json = names.get(name)
+        if name_json is None:
+            name_json = names[name] = _dumps(name)
+        extra = len(rec) - 9
+        if not extra:
+            append(f"{head}{name_json},\"value\":{value_json}{tail}{seq}}}\n")
+            continue
+        more = ""
+        if "net" in rec:
+            net = rec["net"]
+            if not _plain_int(net):
+                append(_encode_text(rec))
+                continue
+            more = f',"net":{"null" if net is None else net}'
+            extra -= 1
+        if "unit" in rec:
+            unit = rec["unit"]
+            unit_json = names.get(unit) if type(unit) is str else None
+            if unit_json is None:
+                unit_json = _dumps(unit)
+                if type(unit) is str:
+                    names[unit] = unit_json
+            more += f',"unit":{unit_json}'
+            extra -= 1
+        if extra:
+            append(_encode_text(rec))
+            continue
+        append(f"{head}{name_json},\"value\":{value_json}{tail}{seq}{more}}}\n")
+    return out
+
+
+def encode_calls(entries: list[Any]) -> list[str]:
+    """The lines of converted calls (:data:`~ava.metrics.record.CallEntry`) and event records.
+
+    Gives exactly ``encode_lines(records_of(entries))``, without a dict per record: the text of
+    ``ts``, ``step``, ``epoch``, ``batch``, ``phase`` and ``rank`` is built once per call.
+    """
+    out: list[str] = []
+    append = out.append
+    names = _names
+    for entry in entries:
+        if type(entry) is dict:
+            append(_encode_text(entry))
+            continue
+        ts, step, epoch, batch, phase, metrics, net, units, seq, rank = entry
+        if not (type(ts) is float and type(phase) is str and phase in _PHASES and _plain_int(step)
+                and _plain_int(epoch) and _plain_int(batch) and _plain_int(rank) and _plain_int(net)
+                and type(seq) is int):
+            out.extend(encode_lines(records_of([entry])))
+            continue
+        head = (f'{{"ts":{ts!r},"step":{"null" if step is None else step},'
+                f'"epoch":{"null" if epoch is None else epoch},"batch":{"null" if batch is None else batch},'
+                f'"phase":"{phase}","name":')
+        tail = f',"rank":{"null" if rank is None else rank},"seq":'
+        net_json = "" if net is None else f',"net":{net}'
+        for name, value in metrics.items():
+            vt = type(value)
+            if vt is float:
+                value_json = repr(value)
+            elif vt is int:
+                value_json = str(value)
+            elif vt is str and value in _NONFINITE:
+                value_json = f'"{value}"'
+            else:
+                value_json = ""
+            name_json = names.get(name) if type(name) is str else None
+            if name_json is None and type(name) is str:
+                name_json = names[name] = _dumps(name)
+            more = net_json
+            if units:
+                unit = units.get(name)
+                if unit is not None:
+                    unit_json = names.get(unit) if type(unit) is str else None
+                    if unit_json is None:
+                        unit_json = _dumps(unit)
+                        if type(unit) is str:
+                            names[unit] = unit_json
+                    more += f',"unit":{unit_json}'
+            if value_json and name_json is not None:
+                append(f"{head}{name_json},\"value\":{value_json}{tail}{seq}{more}}}\n")
+            else:
+                rec = records_of([(ts, step, epoch, batch, phase, {name: value}, net, units, seq, rank)])[0]
+                append(_encode_text(rec))
+            seq += 1
+    return out
+
+
+def _plain_int(v: Any) -> bool:
+    return v is None or type(v) is int
 
 
 def frame_lines(lines: list[bytes], offset: int, reserve: int = LINE_RESERVE) -> list[bytes]:
@@ -114,6 +264,48 @@ def frame_lines(lines: list[bytes], offset: int, reserve: int = LINE_RESERVE) ->
     if out and room < min(reserve, PAGE):
         out[-1] = out[-1][:-1] + b" " * room + b"\n"
     return out
+
+
+def frame_data(data: bytes, offset: int, reserve: int = LINE_RESERVE) -> bytes:
+    """:func:`frame_lines` over whole lines already joined: the same bytes, found per page.
+
+    Only the lines that hold a page boundary are looked at (``rfind``/``find`` around each
+    boundary), so a batch costs a few operations per page instead of a few per line.
+    """
+    n = len(data)
+    if not n:
+        return data
+    chunks: list[bytes] = []
+    start = 0  # data[start:] is not in chunks yet
+    shift = 0  # spaces inserted so far: data[j] lands at offset + shift + j
+    j = 0  # a line start; no line before it straddles a boundary any more
+    while True:
+        b = j + PAGE - (offset + shift + j) % PAGE  # the next page boundary, as an index in data
+        if b >= n:
+            break
+        nl = data.rfind(b"\n", j, b)
+        ls = nl + 1 if nl >= 0 else j  # the start of the line that holds byte b
+        if ls == b:  # a line starts right on the boundary
+            j = b
+            continue
+        le = data.find(b"\n", b) + 1  # that line's end
+        if le - ls <= PAGE and ls > 0:  # pad the line before it to the boundary
+            room = PAGE - (offset + shift + ls) % PAGE
+            chunks.append(data[start:ls - 1])
+            chunks.append(b" " * room + b"\n")
+            start = j = ls
+            shift += room
+        else:  # the batch's first line, or longer than a page: it lands where it lands
+            j = le
+    room = PAGE - (offset + shift + n) % PAGE
+    if room < min(reserve, PAGE):
+        chunks.append(data[start:n - 1])
+        chunks.append(b" " * room + b"\n")
+    elif not chunks:
+        return data
+    else:
+        chunks.append(data[start:])
+    return b"".join(chunks)
 
 
 def iter_records(path: Path | str) -> Iterator[dict[str, Any]]:
@@ -220,11 +412,24 @@ class JsonlSink(Sink):
             os.close(rfd)
 
     def write(self, records: list[dict[str, Any]]) -> None:
+        self._write_texts(encode_lines(records))
+
+    def write_calls(self, entries: list[Any]) -> None:
+        """Write converted calls (the writer's fast path: no dict per record); see :func:`encode_calls`."""
+        self._write_texts(encode_calls(entries))
+
+    def _write_texts(self, texts: list[str]) -> None:
         if self._fd is None:
             raise MetricsError(f"{self.path} is closed")
-        lines = [encode_line(r) for r in records]
-        self._reserve = max(self._reserve, max(map(len, lines), default=0))
-        data = b"".join(frame_lines(lines, self._offset, self._reserve))
+        text = "".join(texts)
+        data = text.encode("utf-8")
+        if len(data) == len(text):  # ASCII: a line's length in bytes is its length in characters
+            longest = max(map(len, texts), default=0)
+        else:
+            longest = max((len(t.encode("utf-8")) for t in texts), default=0)
+        if longest > self._reserve:
+            self._reserve = longest
+        data = frame_data(data, self._offset, self._reserve)
         start = self._offset
         view = memoryview(data)
         written = 0
