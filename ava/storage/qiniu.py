@@ -59,6 +59,9 @@ from ava.storage.base import ObjectInfo, Storage, split_bucket_url, split_object
 from ava.utils.fileio import atomic_write_text, fsync_dir
 from ava.utils.tls import tls_verify, warn_plain_http
 
+#: imported by the registry before the backend is made (see ava.storage.registry)
+REQUIRES = ("qiniu", "requests")
+
 log = logging.getLogger(__name__)
 
 AVA_QINIU_UP_HOST = "AVA_QINIU_UP_HOST"

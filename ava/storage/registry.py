@@ -39,6 +39,11 @@ def get_storage(url: str, **options: Any) -> Storage:
         module_name, _, cls_name = path.partition(":")
         try:
             module = importlib.import_module(module_name)
+            # The backend's libraries are imported here, on the caller's thread: a first import
+            # racing between two threads (an uploader's and the training's) can see a
+            # half-initialised package ("cannot import name ... partially initialized module").
+            for dependency in getattr(module, "REQUIRES", ()):
+                importlib.import_module(dependency)
         except ImportError as exc:
             raise UsageError(f"{scheme}:// storage needs {exc.name}: {hint}") from None
         _instances[key] = getattr(module, cls_name)(**options)

@@ -42,6 +42,9 @@ from ava.storage.base import ObjectInfo, Storage, split_bucket_url, split_object
 from ava.utils.fileio import fsync_dir
 from ava.utils.tls import tls_verify, warn_plain_http
 
+#: imported by the registry before the backend is made (see ava.storage.registry)
+REQUIRES = ("boto3", "botocore.config")
+
 log = logging.getLogger(__name__)
 
 _MB = 1 << 20

@@ -52,6 +52,7 @@ def main() -> None:
         ins.should_stop()
     global calls
     step = start
+    ready = False
     while True:
         ins.log_metrics({"loss": 1.0 / (step + 1), "accuracy": (step % 100) / 100.0, "lr": 0.1}, step=step,
                         epoch=step // args.epoch_steps, batch=step % args.epoch_steps)
@@ -62,7 +63,8 @@ def main() -> None:
                 out = Path(ins.get_snapshot_base_path()) / f"weights-{epoch:04d}.bin"
                 out.write_bytes(os.urandom(args.snapshot_bytes))
                 ins.save_snapshot([out], f"epoch-{epoch:04d}", meta={"epoch": epoch, "step": step}, step=step)
-            if epoch == 0 or step + 1 == start + args.epoch_steps:
+            if not ready:  # the first epoch end of this process
+                ready = True
                 print("ready", flush=True)
         if args.mode in ("poll", "chain") and ins.should_stop():
             ins.exit_preempted()

@@ -115,15 +115,21 @@ def test_sigterm_to_ava_run_makes_caffe_snapshot_and_the_run_preempted(tmp_path,
                             stdout=subprocess.DEVNULL, stderr=err, text=True,
                             env={**os.environ, "AVA_WORKSPACE": str(ws), "AVA_PREEMPT_TIMEOUT": "5"})
     metrics = ws / "run" / "pre" / "logs" / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:  # until Caffe has reported iteration 50
-        if metrics.exists() and any((r.get("step") or 0) >= 50 for r in iter_records(metrics)):
-            break
-        time.sleep(0.1)
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(60)
-    took = time.monotonic() - sent
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:  # until Caffe has reported iteration 50
+            if metrics.exists() and any((r.get("step") or 0) >= 50 for r in iter_records(metrics)):
+                break
+            time.sleep(0.1)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:  # a failed test must not leave a 100,000-iteration Caffe running
+            proc.kill()
+            proc.wait(30)
+        subprocess.run(["pkill", "-KILL", "-f", str(solver)], check=False)
     err.seek(0)
     log = err.read()
     assert code == 143, log[-3000:]

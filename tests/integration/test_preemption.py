@@ -27,6 +27,18 @@ from tests.support.kodo_server import KodoServer
 pytestmark = pytest.mark.integration
 
 BOUND = 2.0  # AVA_PREEMPT_TIMEOUT in these tests
+_started: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_worker_left_behind():
+    """A failing test must not leave its endless worker running."""
+    yield
+    while _started:
+        proc = _started.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
 
 
 def start(ws: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -37,6 +49,7 @@ def start(ws: Path, *args: str, env: dict[str, str] | None = None) -> subprocess
     proc = subprocess.Popen([sys.executable, "-m", "tests.integration.preempt_worker", *args], cwd=REPO, env=full,
                             stdout=subprocess.PIPE, stderr=err, text=True)
     proc.stderr = err  # read it from the start with stderr_of()
+    _started.append(proc)
     return proc
 
 

@@ -164,16 +164,22 @@ def test_torchrun_preempted_by_sigterm_resumes_from_its_snapshot(tmp_path):
     proc = subprocess.Popen(cmd, env=env, stdout=err, stderr=subprocess.STDOUT, text=True)
     run = ws / "run" / "job-preempt"
     latest = ws / "storage" / "job-preempt" / "snapshots" / "LATEST"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:  # two epochs saved and confirmed
-        if latest.exists() and latest.read_text() >= "epoch-0001":
-            break
-        time.sleep(0.05)
-    time.sleep(0.35)  # into the next epoch, so that the stop is mid-epoch
-    sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    first_code = proc.wait(60)
-    took = time.monotonic() - sent
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:  # two epochs saved and confirmed
+            if latest.exists() and latest.read_text() >= "epoch-0001":
+                break
+            time.sleep(0.05)
+        time.sleep(0.35)  # into the next epoch, so that the stop is mid-epoch
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        first_code = proc.wait(60)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:  # a failed test must not leave the training running
+            proc.kill()
+            proc.wait(30)
+            subprocess.run(["pkill", "-KILL", "-f", str(script)], check=False)
     err.seek(0)
     first_out = err.read()
     assert first_code != 0, first_out[-3000:]
