@@ -38,6 +38,7 @@ from pathlib import Path
 from ava.storage.registry import get_storage
 from ava.train import base as train
 from ava.utils.fetcher import Fetcher
+from tests.support.moto_server import moto_s3
 
 ak, sk = os.environ["AVA_ACCESS_KEY"], os.environ["AVA_SECRET_KEY"]
 log = logging.getLogger("user.script")
@@ -98,13 +99,8 @@ def kodo(tmp_path) -> Iterator[KodoServer]:
 
 @pytest.fixture
 def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_s3() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ from ava.storage.base import ObjectInfo, Storage, join_url
 from ava.storage.registry import get_storage
 from ava.storage.tree import download_tree, upload_tree
 from tests.support.kodo_server import KodoServer, kodo_etag
+from tests.support.moto_server import moto_s3
 
 S3_ENTRY = ("ava.storage.s3:S3Storage", "pip install 'ava-sdk[s3]'")
 QINIU_ENTRY = ("ava.storage.qiniu:QiniuStorage", "pip install 'ava-sdk[qiniu]'")
@@ -38,13 +39,8 @@ MiB = 1024 * 1024
 # --- the backends --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def moto_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_s3() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="module")
