@@ -20,6 +20,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.support.kodo_server import KodoServer
+from tests.support.moto_server import moto_s3
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +39,6 @@ from pathlib import Path
 from ava.storage.registry import get_storage
 from ava.train import base as train
 from ava.utils.fetcher import Fetcher
-from tests.support.moto_server import moto_s3
 
 ak, sk = os.environ["AVA_ACCESS_KEY"], os.environ["AVA_SECRET_KEY"]
 log = logging.getLogger("user.script")
