@@ -167,50 +167,51 @@ class WindowReader:
     def __init__(self) -> None:
         self._metric: Any = None
         self._size = -1
-        self._plan: list[tuple[Any, str, str]] = []  # leaf, kind, record name
-        self._prev: list[tuple[float, float]] = []
+        self._composite = False  # the metric has a ``metrics`` list, whose length is checked at each read
+        # leaf, kind, record name, [global sum, global count] at the previous read (updated in place)
+        self._plan: list[tuple[Any, str, str, list[float]]] = []
 
     def _prepare(self, eval_metric: Any) -> None:
         size = len(getattr(eval_metric, "metrics", ()) or ())
         if eval_metric is self._metric and size == self._size:
             return
         self._metric, self._size = eval_metric, size
+        self._composite = getattr(eval_metric, "metrics", None) is not None
         taken: set[str] = set()
         self._plan = []
         for leaf in _leaves(eval_metric):
             kind = _kind(leaf)
-            self._plan.append((leaf, kind, "" if kind == "local" else _unique(str(leaf.name), taken)))
-        self._prev = [(0.0, 0.0)] * len(self._plan)
+            self._plan.append((leaf, kind, "" if kind == "local" else _unique(str(leaf.name), taken), [0.0, 0.0]))
 
     def restart(self) -> None:
         """Forget the previous read (the metric was reset for a new epoch)."""
-        self._prev = [(0.0, 0.0)] * len(self._plan)
+        for entry in self._plan:
+            entry[3][:] = (0.0, 0.0)
 
     def read(self, eval_metric: Any, out: dict[str, Any] | None = None) -> dict[str, Any]:
         """name -> value over the window since the last read (into ``out`` when given)."""
-        if eval_metric is not self._metric or self._size != len(getattr(eval_metric, "metrics", ()) or ()):
+        if eval_metric is not self._metric or (self._composite and self._size != len(eval_metric.metrics or ())):
             self._prepare(eval_metric)
         if out is None:
             out = {}
-        prev = self._prev
-        i = 0
-        for leaf, kind, name in self._plan:
+        for leaf, kind, name, prev in self._plan:
             if kind == "local":
                 _as_dict(_pairs(*(leaf.get() if leaf.num_inst else leaf.get_global())), out)
             else:
                 # As Python floats: numpy scalar arithmetic costs several times more.
-                g_sum, g_num = float(leaf.global_sum_metric), float(leaf.global_num_inst)
-                p_sum, p_num = prev[i]
+                g_sum = float(leaf.global_sum_metric)
+                g_num = float(leaf.global_num_inst)
+                p_sum, p_num = prev
                 if g_num < p_num:  # reset since the last read
-                    p_sum, p_num = 0.0, 0.0
-                prev[i] = (g_sum, g_num)
+                    p_sum = p_num = 0.0
+                prev[0] = g_sum
+                prev[1] = g_num
                 n = g_num - p_num
                 if n:
                     value = (g_sum - p_sum) / n
                     out[name] = math.exp(value) if kind == "exp" else value
                 else:
                     out[name] = math.nan
-            i += 1
         return out
 
 
@@ -428,8 +429,40 @@ class BatchEndCallback:
     def __call__(self, param: Any) -> None:
         if preempt.STOP.requested:  # the batch is done: leave here (a rewind to the last snapshot)
             self._state.leave_if_preempted()
-        try:
-            self._on_batch(param)
+        try:  # the batch's work inline: this runs after every batch of training
+            nbatch = param.nbatch
+            epoch = param.epoch
+            loc = param.locals or _NO_LOCALS
+            if epoch != self._epoch or nbatch < self._last_nbatch:
+                self._new_epoch(epoch, loc)
+            self._last_nbatch = nbatch
+            step = self._base + nbatch
+            pad = getattr(loc.get("data_batch"), "pad", 0)
+            self._samples += self.batch_size - pad if pad else self.batch_size
+            state = self._state
+            state.last_step = step + 1
+            if not self._ready:
+                self._ready = True
+                self._tic = time.time()
+            elif nbatch % self.batch_freq == 0:
+                now = time.time()
+                elapsed = now - self._tic
+                self._tic = now
+                eval_metric = param.eval_metric
+                values = self._reader.read(eval_metric) if eval_metric is not None else {}
+                opt = self._optimizer
+                if opt is not None:
+                    lr = opt.lr if opt.lr_scheduler is None else optimizer_lr(opt)
+                    if lr is not None:
+                        values["lr"] = lr
+                values["speed"] = self.batch_freq * self.batch_size / elapsed if elapsed > 0 else math.inf
+                values["samples"] = self._samples
+                self._ins.log_metrics(values, step, epoch, nbatch, units=self._units)
+            if loc.get("end_of_batch"):
+                state.epoch_steps[epoch] = step + 1
+                if param.eval_metric is not None:
+                    values = _as_dict(param.eval_metric.get_global_name_value())
+                    self._ins.log_metrics(values, step=step + 1, epoch=epoch)
         except Exception as exc:  # noqa: BLE001 - never break the user's training
             self._guard.report(exc)
 
@@ -449,41 +482,6 @@ class BatchEndCallback:
         # Read once an epoch: the optimizer object does not change during an epoch of fit().
         opt = getattr(self._module, "_optimizer", None)
         self._optimizer = opt if hasattr(opt, "lr_scheduler") and hasattr(opt, "lr") else None
-
-    def _on_batch(self, param: Any) -> None:
-        nbatch = param.nbatch
-        epoch = param.epoch
-        loc = param.locals or _NO_LOCALS
-        if epoch != self._epoch or nbatch < self._last_nbatch:
-            self._new_epoch(epoch, loc)
-        self._last_nbatch = nbatch
-        step = self._base + nbatch
-        pad = getattr(loc.get("data_batch"), "pad", 0)
-        self._samples += self.batch_size - pad if pad else self.batch_size
-        state = self._state
-        state.last_step = step + 1
-        if not self._ready:
-            self._ready = True
-            self._tic = time.time()
-        elif nbatch % self.batch_freq == 0:
-            now = time.time()
-            elapsed = now - self._tic
-            self._tic = now
-            eval_metric = param.eval_metric
-            values = self._reader.read(eval_metric) if eval_metric is not None else {}
-            opt = self._optimizer
-            if opt is not None:
-                lr = opt.lr if opt.lr_scheduler is None else optimizer_lr(opt)
-                if lr is not None:
-                    values["lr"] = lr
-            values["speed"] = self.batch_freq * self.batch_size / elapsed if elapsed > 0 else math.inf
-            values["samples"] = self._samples
-            self._ins.log_metrics(values, step, epoch, nbatch, units=self._units)
-        if loc.get("end_of_batch"):
-            state.epoch_steps[epoch] = step + 1
-            if param.eval_metric is not None:
-                values = _as_dict(param.eval_metric.get_global_name_value())
-                self._ins.log_metrics(values, step=step + 1, epoch=epoch)
 
 
 _NO_LOCALS: dict[str, Any] = {}
