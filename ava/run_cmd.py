@@ -81,7 +81,7 @@ def run(args: argparse.Namespace, env: Env) -> int:
             if isinstance(hook, SnapshotHook):
                 hook.flush()
         if preempt.STOP.requested:  # status preempted, whatever CMD's code was
-            log.info("%s ended with code %d after %s", command[0], code, preempt._name(preempt.STOP.signum))
+            log.info("%s ended with code %d after %s", command[0], code, preempt.signal_name(preempt.STOP.signum))
             ins.done(exit_code=preempt.STOP.exit_code)
             code = preempt.STOP.exit_code
         elif code == 0:

@@ -25,7 +25,7 @@ def _isolate(monkeypatch, tmp_path):
     yield
     close_logger()
     preempt.uninstall()
-    preempt._reset_for_tests()
+    preempt.reset()
 
 
 @pytest.fixture

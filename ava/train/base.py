@@ -302,7 +302,7 @@ class TrainInstance:
 
     @staticmethod
     def _preempt_message() -> str:
-        return f"preempted by {preempt._name(preempt.STOP.signum)}"
+        return f"preempted by {preempt.signal_name(preempt.STOP.signum)}"
 
     def resume_info(self, download: bool = True) -> ResumeInfo:
         """What earlier attempts of this instance left: see :class:`ava.train.resume.ResumeInfo`.

@@ -22,7 +22,9 @@ Example:
     >>> s = StopRequest()
     >>> s.requested, s.exit_code
     (False, 143)
-    >>> s.request(2); s.requested, s.exit_code
+    >>> s.request(2)
+    True
+    >>> s.requested, s.exit_code
     (True, 130)
 """
 
@@ -152,7 +154,7 @@ def run_finishers(budget: float, quick: bool = False) -> None:
 def _handle(signum: int, frame: Any) -> None:
     # No logging here: the signal may have interrupted this very thread inside a log handler.
     if STOP.requested:
-        _stderr(f"ava: second {_name(signum)}: leaving now\n")
+        _stderr(f"ava: second {signal_name(signum)}: leaving now\n")
         run_finishers(0.0, quick=True)
         os._exit(STOP.exit_code)
     STOP.request(signum)
@@ -185,7 +187,7 @@ def _watch() -> None:
         main_gone = _main_leaving()
         if main_gone or (not _started.is_set() and waited >= _grace):
             if not main_gone:
-                _stderr(f"ava: the training did not stop within {_grace:.0f} s of {_name(STOP.signum)}; "
+                _stderr(f"ava: the training did not stop within {_grace:.0f} s of {signal_name(STOP.signum)}; "
                         "finishing here\n")
             run_finishers(_grace)
             _hard_exit()
@@ -212,7 +214,8 @@ def _hard_exit() -> None:
     os._exit(STOP.exit_code)
 
 
-def _reset_for_tests() -> None:
+def reset() -> None:
+    """Forget the stop request and the watchdog (a forked child; tests between cases)."""
     global _watchdog
     STOP.reset()
     _started.clear()
@@ -220,7 +223,8 @@ def _reset_for_tests() -> None:
     _watchdog = None
 
 
-def _name(signum: int | None) -> str:
+def signal_name(signum: int | None) -> str:
+    """``SIGTERM`` for 15 (the default when None)."""
     try:
         return signal.Signals(signum or signal.SIGTERM).name
     except ValueError:
@@ -243,7 +247,7 @@ def _flush_std() -> None:
 
 
 def _after_fork_in_child() -> None:
-    _reset_for_tests()
+    reset()
     _finishers.clear()
 
 
