@@ -121,6 +121,14 @@ def _number_at(text: str, pos: int) -> float | None:
     return to_float(m.group()) if m else None
 
 
+def _line_start(text: str, pos: int, has_cr: bool) -> int:
+    """Where the line holding ``pos`` starts (after a ``\n``, or a later ``\r``, or the text's start)."""
+    start = text.rfind("\n", 0, pos) + 1
+    if has_cr:
+        start = max(start, text.rfind("\r", start, pos) + 1)
+    return start
+
+
 def _line_end(text: str, pos: int, has_cr: bool) -> int:
     """Where the line holding ``pos`` ends (its ``\n``, or a ``\r`` before it, or the text's end)."""
     end = text.find("\n", pos + 1)
@@ -186,15 +194,13 @@ class CaffeLogParser:
         if starts:
             return self._parse_block_with_bare_lines(text, starts, has_cr)
         out: list[Record] = []
-        rfind, find, prefix, hot = text.rfind, text.find, _HOT_PREFIX.fullmatch, self._hot
+        prefix, hot = _HOT_PREFIX.fullmatch, self._hot
         done = -1  # end of the last line parsed: a second hit in the same line is skipped
         for m in _SCAN.finditer(text):
             pos = m.start()
             if pos < done:
                 continue
-            start = rfind("\n", 0, pos) + 1
-            if has_cr:
-                start = max(start, rfind("\r", start, pos) + 1)
+            start = _line_start(text, pos, has_cr)
             if m.lastindex is not None:  # a hot message: the line ends where the match does
                 p = prefix(text, start, pos)
                 if p is not None:
@@ -207,11 +213,7 @@ class CaffeLogParser:
                         done = m.end()
                         continue
             done = end = _line_end(text, pos, has_cr)
-            try:
-                records = self._parse(text[start:end])
-            except Exception:  # noqa: BLE001 - as in parse_line
-                log.debug("unparsable caffe log line ignored: %.200r", text[start:end], exc_info=True)
-                continue
+            records = self._parse_span(text, start, end, None)
             if records:
                 out += records
         return out
@@ -221,27 +223,27 @@ class CaffeLogParser:
         hits = sorted([m.start() for m in _KEY.finditer(text)] + starts)
         start_set = set(starts)
         out: list[Record] = []
-        rfind, find, hot = text.rfind, text.find, _HOT.match
+        hot = _HOT.match
         done = -1
         for pos in hits:
             if pos < done:
                 continue
-            if pos in start_set:
-                start = pos + 1
-            else:
-                start = rfind("\n", 0, pos) + 1
-                if has_cr:
-                    start = max(start, rfind("\r", start, pos) + 1)
+            start = pos + 1 if pos in start_set else _line_start(text, pos, has_cr)
             done = end = _line_end(text, pos, has_cr)
-            try:
-                m = hot(text, start, end)
-                records = (self._hot(m.groups()) if m else None) or self._parse(text[start:end])
-            except Exception:  # noqa: BLE001 - as in parse_line
-                log.debug("unparsable caffe log line ignored: %.200r", text[start:end], exc_info=True)
-                continue
+            records = self._parse_span(text, start, end, hot)
             if records:
                 out += records
         return out
+
+    def _parse_span(self, text: str, start: int, end: int, hot: Any) -> list[Record] | None:
+        """The records of ``text[start:end]`` (one line): the hot message first when ``hot`` is
+        given, else the general path. Never raises."""
+        try:
+            m = hot(text, start, end) if hot is not None else None
+            return (self._hot(m.groups()) if m else None) or self._parse(text[start:end])
+        except Exception:  # noqa: BLE001 - as in parse_line
+            log.debug("unparsable caffe log line ignored: %.200r", text[start:end], exc_info=True)
+            return None
 
     def _hot(self, groups: tuple[Any, ...]) -> list[Record] | None:
         date, hm, sec, tid, digits, loss, lr, which, name, text = groups
