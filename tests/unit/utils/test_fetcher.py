@@ -236,17 +236,9 @@ def test_slow_bodies_arrive_whole_and_a_silent_server_is_resumed(srv, tmp_path):
 
 
 def test_https_with_the_system_trust_store(root, tmp_path, monkeypatch):
-    import shutil
-    import ssl
+    from tests.support.tls_cert import self_signed
 
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
+    cert, server_ctx = self_signed(tmp_path)
     with FileServer(root, ssl_context=server_ctx) as server:
         with Fetcher(backoff=0.001) as f, pytest.raises(FetchError, match="CERTIFICATE_VERIFY_FAILED"):
             f.fetch_huge_file(server.url_for("a.bin"), tmp_path / "a.bin")  # not retried: a wrong certificate stays wrong

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import ssl
-import subprocess
 
 import pytest
 
@@ -13,6 +11,7 @@ from ava.env import Env
 from ava.utils import tls
 from ava.utils.tls import is_loopback, ssl_context, tls_verify, warn_plain_http
 from tests.support.file_server import FileServer
+from tests.support.tls_cert import self_signed
 
 TLS_LOGGER = "ava.utils.tls"
 
@@ -120,17 +119,10 @@ def test_s3_and_qiniu_clients_follow_the_setting(tmp_path, monkeypatch):
 def test_fetcher_refuses_a_bad_certificate_unless_told_by_name(tmp_path, monkeypatch, caplog):
     from ava.utils.fetcher import FetchError, Fetcher
 
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl command to make a certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True, timeout=60)
+    _, server_ctx = self_signed(tmp_path)
     root = tmp_path / "srv"
     root.mkdir()
     (root / "a.bin").write_bytes(b"x" * 1000)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
     caplog.set_level(logging.WARNING, logger=TLS_LOGGER)
     with FileServer(root, ssl_context=server_ctx) as server:
         url = server.url_for("a.bin")
