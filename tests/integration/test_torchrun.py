@@ -21,6 +21,19 @@ pytestmark = pytest.mark.integration
 
 RANKS_SUPPORTED = "rank" in inspect.signature(train.TrainInstance).parameters
 
+# Both scripts: each rank's shard of a 3-class problem, a DDP model and its optimizer.
+DATA_AND_MODEL = textwrap.dedent('''
+    torch.manual_seed(0)
+    centers = torch.randn(3, 16) * 0.6
+    y = torch.randint(0, 3, (400,))
+    x = centers[y] + torch.randn(400, 16)
+    x, y = x[rank::world], y[rank::world]  # each rank trains on its shard
+    torch.manual_seed(1)
+    model = torch.nn.parallel.DistributedDataParallel(
+        torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3)))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+''').strip()
+
 SCRIPT = textwrap.dedent('''
     import sys
 
@@ -32,15 +45,7 @@ SCRIPT = textwrap.dedent('''
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     ins = train.TrainInstance(sys.argv[1], setup_logging=False)  # the workspace and rank come from the environment
-    torch.manual_seed(0)
-    centers = torch.randn(3, 16) * 0.6
-    y = torch.randint(0, 3, (400,))
-    x = centers[y] + torch.randn(400, 16)
-    x, y = x[rank::world], y[rank::world]  # each rank trains on its shard
-    torch.manual_seed(1)
-    model = torch.nn.parallel.DistributedDataParallel(
-        torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3)))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    # DATA_AND_MODEL
     mon = ins.get_monitor_callback("torch", log_every=5, batch_size=20)
     assert mon.rank == rank, (mon.rank, rank)
     start, _ = mon.resume(model, opt)
@@ -57,7 +62,7 @@ SCRIPT = textwrap.dedent('''
     dist.barrier()
     ins.done()
     dist.destroy_process_group()
-''')
+''').replace("# DATA_AND_MODEL", DATA_AND_MODEL)
 
 
 @pytest.mark.skipif(not RANKS_SUPPORTED, reason="TrainInstance has no rank support yet (RANK from the environment)")
@@ -65,12 +70,7 @@ def test_two_ranks_one_set_of_snapshots_and_metrics_from_both(tmp_path):
     script = tmp_path / "ddp_train.py"
     script.write_text(SCRIPT)
     ws = tmp_path / "ws"
-    env = {**os.environ, "AVA_WORKSPACE": str(ws), "OMP_NUM_THREADS": "1"}
-    env.pop("AVA_TRAINING_INSTANCE_ID", None)
-    repo = Path(__file__).resolve().parents[2]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH")) if p)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", str(script), "ddp-1"]
+    cmd, env = torchrun(script, ws, "ddp-1")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -109,15 +109,7 @@ PREEMPT_SCRIPT = textwrap.dedent('''
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     ins = train.TrainInstance(setup_logging=False)  # the id comes from torchrun (TORCHELASTIC_RUN_ID)
-    torch.manual_seed(0)
-    centers = torch.randn(3, 16) * 0.6
-    y = torch.randint(0, 3, (400,))
-    x = centers[y] + torch.randn(400, 16)
-    x, y = x[rank::world], y[rank::world]
-    torch.manual_seed(1)
-    model = torch.nn.parallel.DistributedDataParallel(
-        torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3)))
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    # DATA_AND_MODEL
     mon = ins.get_monitor_callback("torch", log_every=1, batch_size=20)
     start, step = mon.resume(model, opt)
     print(json.dumps({"rank": rank, "id": ins.training_ins_id, "start": start, "step": step}), flush=True)
@@ -135,17 +127,19 @@ PREEMPT_SCRIPT = textwrap.dedent('''
     dist.barrier()
     ins.done()
     dist.destroy_process_group()
-''')
+''').replace("# DATA_AND_MODEL", DATA_AND_MODEL)
 
 
-def torchrun(script: Path, ws: Path, *args: str) -> tuple[list[str], dict[str, str]]:
-    env = {**os.environ, "AVA_WORKSPACE": str(ws), "OMP_NUM_THREADS": "1", "AVA_PREEMPT_TIMEOUT": "5"}
-    env.pop("AVA_TRAINING_INSTANCE_ID", None)
+def torchrun(script: Path, ws: Path, *args: str, rdzv_id: str | None = None,
+             env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of ``torchrun --nproc_per_node=2 script args`` on 127.0.0.1."""
+    full = {**os.environ, "AVA_WORKSPACE": str(ws), "OMP_NUM_THREADS": "1", **(env or {})}
+    full.pop("AVA_TRAINING_INSTANCE_ID", None)
     repo = Path(__file__).resolve().parents[2]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH")) if p)
+    full["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), full.get("PYTHONPATH")) if p)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={free_port()}", "--rdzv_id=job-preempt", str(script), *args]
-    return cmd, env
+           f"--master_port={free_port()}", *([f"--rdzv_id={rdzv_id}"] if rdzv_id else []), str(script), *args]
+    return cmd, full
 
 
 def test_torchrun_preempted_by_sigterm_resumes_from_its_snapshot(tmp_path):
@@ -159,7 +153,7 @@ def test_torchrun_preempted_by_sigterm_resumes_from_its_snapshot(tmp_path):
     script.write_text(PREEMPT_SCRIPT)
     ws = tmp_path / "ws"
     epochs = 8
-    cmd, env = torchrun(script, ws, str(epochs), "0.1")
+    cmd, env = torchrun(script, ws, str(epochs), "0.1", rdzv_id="job-preempt", env={"AVA_PREEMPT_TIMEOUT": "5"})
     err = open(tmp_path / "first.txt", "w+")
     proc = subprocess.Popen(cmd, env=env, stdout=err, stderr=subprocess.STDOUT, text=True)
     run = ws / "run" / "job-preempt"
