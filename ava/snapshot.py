@@ -125,14 +125,7 @@ class SnapshotUploader:
 
     # --- state -----------------------------------------------------------------------------
     def _load_state(self) -> list[dict[str, Any]]:
-        try:
-            doc = json.loads(self.state_file.read_text())
-            snaps = [s for s in doc.get("snapshots", []) if isinstance(s, dict) and s.get("id")]
-        except FileNotFoundError:
-            return []
-        except (ValueError, AttributeError) as exc:
-            log.warning("%s is unreadable (%s); earlier unconfirmed snapshots will not be resumed", self.state_file, exc)
-            return []
+        snaps = read_state(self.state_file)
         waiting = [s["id"] for s in snaps if s.get("state") == PENDING]
         if waiting:
             log.info("resuming the upload of %d snapshot(s) from an earlier process: %s", len(waiting), ", ".join(waiting))
@@ -295,6 +288,24 @@ class SnapshotUploader:
         if doomed:
             with self._cond:
                 self._save_state()
+
+
+def read_state(state_file: Path, warn: bool = True) -> list[dict[str, Any]]:
+    """The snapshots recorded in an uploader's state file (``[]`` when absent or unreadable)."""
+    try:
+        doc = json.loads(Path(state_file).read_text())
+        return [s for s in doc.get("snapshots", []) if isinstance(s, dict) and s.get("id")]
+    except FileNotFoundError:
+        return []
+    except (ValueError, AttributeError) as exc:
+        if warn:
+            log.warning("%s is unreadable (%s); earlier unconfirmed snapshots will not be resumed", state_file, exc)
+        return []
+
+
+def has_pending(state_file: Path) -> bool:
+    """Whether an uploader's state file holds snapshots not yet confirmed."""
+    return any(s.get("state") == PENDING for s in read_state(state_file, warn=False))
 
 
 class _Stopped(Exception):

@@ -36,7 +36,7 @@ from ava.metrics.forward import ChildForwarder, ChildListener
 from ava.metrics.writer import MetricsWriter
 from ava.monitor import FRAMEWORKS
 from ava.params.params import Params
-from ava.snapshot import SnapshotUploader
+from ava.snapshot import SnapshotUploader, has_pending
 from ava.storage.base import join_url
 from ava.train.distributed import missing_id_message, shared_instance_id
 from ava.train.ids import check_instance_id, new_instance_id  # noqa: F401 - old names, kept here
@@ -177,7 +177,7 @@ class TrainInstance:
             preempt.install(self._env.preempt_timeout)
         preempt.add_finisher(id(self), _weak_finisher(weakref.ref(self)))
         resumed = len(self._status_doc["history"]) > 0
-        if resumed and self._snapshot_state.is_file() and '"pending"' in self._snapshot_state.read_text():
+        if resumed and has_pending(self._snapshot_state):
             # What the previous attempt submitted but never confirmed goes up now, in the background.
             _ = self.snapshot_uploader
         log.info("training instance %s %s at %s", self.training_ins_id, "resumed" if resumed else "started", self.run_dir)
