@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
+import concurrent.futures
 import errno
 import hashlib
 import logging
@@ -425,6 +426,15 @@ def _retryable(exc: BaseException) -> bool:
 def _discard_opened(opening: Future[_Transfer]) -> None:
     if not opening.cancelled() and opening.exception() is None:
         opening.result().discard()
+
+
+def _settle(step: Future[Any], then: Callable[[Future[Any]], Any]) -> None:
+    """A download was cancelled while ``step`` (a file operation of milliseconds on the file
+    thread) was queued or under way: stop it if it has not begun, else wait for it, then
+    ``then(step)``, so nothing is left behind by the time the cancel is seen."""
+    if not step.cancel():
+        concurrent.futures.wait([step])
+    then(step)
 
 
 def _unwind(loop: IOLoop) -> None:
@@ -902,8 +912,8 @@ class Fetcher:
         opening = self._fs_pool().submit(self._open_transfer, target, progress, verify, depth)
         try:
             tr = await asyncio.wrap_future(opening)
-        except asyncio.CancelledError:  # the temp file may appear all the same: remove it then
-            opening.add_done_callback(_discard_opened)
+        except asyncio.CancelledError:  # the temp file may appear all the same: remove it
+            _settle(opening, _discard_opened)
             raise
         committing: Future[None] | None = None
         try:
@@ -931,9 +941,9 @@ class Fetcher:
                 raise tr.disk_error(shown) from None
             return tr.offset
         except BaseException:
-            if committing is not None and not committing.done():
+            if committing is not None:
                 # Cancelled while the rename runs: a whole file may stay; a temp file may not.
-                committing.add_done_callback(lambda f: (f.cancelled() or f.exception() is not None) and tr.discard())
+                _settle(committing, lambda f: (f.cancelled() or f.exception() is not None) and tr.discard())
             else:
                 tr.discard()
             raise

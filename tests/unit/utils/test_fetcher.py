@@ -327,6 +327,51 @@ def test_an_interrupted_fetch_many_leaves_no_temp_files(root, srv, fetcher, tmp_
     assert fetcher.fetch(srv.url_for("small.txt"))[0].body == b"hello\n"
 
 
+@pytest.mark.parametrize("slow_step", ["open", "commit"])
+def test_an_interrupt_during_a_slow_file_operation_still_leaves_no_temp_file(root, srv, fetcher, tmp_path,
+                                                                                monkeypatch, slow_step):
+    # One download's temp file is being created (or renamed) on the file thread when another
+    # download's progress callback interrupts: fetch_many must not return before it is gone.
+    import threading
+    import time
+
+    from ava.utils import fetcher as fetcher_mod
+
+    (root / "d" / "slow.bin").write_bytes(os.urandom(20_000))
+    (root / "d" / "fast.bin").write_bytes(os.urandom(20_000))
+    in_slow_step = threading.Event()
+    opened = fetcher_mod._Transfer.__init__
+    committed = fetcher_mod._Transfer.commit
+
+    def slow_open(self, target, *args):
+        opened(self, target, *args)
+        if slow_step == "open" and target.name == "slow.bin":
+            in_slow_step.set()
+            time.sleep(0.5)
+
+    def slow_commit(self, fsync):
+        if self.target.name == "slow.bin":
+            in_slow_step.set()
+            time.sleep(0.5)
+            return committed(self, fsync)
+        in_slow_step.wait(5)  # the fast one finishes only once the slow one is inside its step
+        return committed(self, fsync)
+
+    monkeypatch.setattr(fetcher_mod._Transfer, "__init__", slow_open)
+    monkeypatch.setattr(fetcher_mod._Transfer, "commit", slow_commit)
+
+    def interrupt(files, total, nbytes):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fetcher.fetch_many([srv.url_for("d/slow.bin"), srv.url_for("d/fast.bin")], tmp_path / "dl",
+                           concurrency=2, progress_callback=interrupt)
+    assert in_slow_step.is_set()
+    assert leftovers(tmp_path / "dl") == []  # at once, not some time later on another thread
+    if slow_step == "commit":  # the rename was under way: it finished, the file is whole
+        assert (tmp_path / "dl" / "slow.bin").read_bytes() == (root / "d" / "slow.bin").read_bytes()
+
+
 def test_fetch_many_reports_failures_after_the_rest_arrive(root, srv, fetcher, tmp_path):
     urls = [srv.url_for("a.bin"), srv.url_for("small.txt"), srv.url_for("missing.bin")]
     with pytest.raises(FetchError, match="1 of 3 downloads failed.*missing.bin") as info:
