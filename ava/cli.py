@@ -61,7 +61,15 @@ def _cmd_params_get(args: argparse.Namespace, env: Env) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
+# The module that registers each command beyond init and params: ``main`` imports only the one
+# a command line names (a command starts in less time), ``build_parser()`` all of them.
+_COMMAND_MODULES = {"run": "run_cmd", "parse-log": "parse_log", "runs": "runs", "upload": "transfer_cli",
+                    "fetch": "transfer_cli"}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``ava`` argument parser: every command, or only ``command`` (when known) and the
+    built-in ones."""
     parser = argparse.ArgumentParser(prog="ava", description="The runtime side of a training job.")
     parser.add_argument("--version", action="version", version=f"ava {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -79,12 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_get.add_argument("--default", help="printed when the key is missing (parsed as JSON if it is JSON)")
     p_get.set_defaults(func=_cmd_params_get)
 
-    from ava import parse_log, run_cmd, runs, transfer_cli
+    import importlib
 
-    run_cmd.add_parser(sub)
-    parse_log.add_parser(sub)
-    runs.add_parser(sub)
-    transfer_cli.add_parser(sub)
+    names = ["run_cmd", "parse_log", "runs", "transfer_cli"]
+    if command in _COMMAND_MODULES:
+        names = [_COMMAND_MODULES[command]]
+    for name in names:
+        importlib.import_module(f"ava.{name}").add_parser(sub)
     return parser
 
 
@@ -93,7 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ava.log.logger import initialize_console_logger
     from ava.log.redact import redact
 
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     env = Env()
     initialize_console_logger(env)

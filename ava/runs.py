@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ava.errors import UsageError
-from ava.metrics.sinks.jsonl import iter_records
 from ava.workspace import Workspace
 
 _LOSS_NAMES = ("loss", "smoothed_loss", "train_loss")
@@ -95,6 +94,8 @@ def list_runs(ws: Workspace) -> list[RunSummary]:
 
 def last_values(path: Path) -> dict[tuple[str, str], tuple[int | None, Any]]:
     """(phase, name) -> (step, value) of the last record of each metric."""
+    from ava.metrics.sinks.jsonl import iter_records  # the metrics package: only when reading
+
     out: dict[tuple[str, str], tuple[int | None, Any]] = {}
     for rec in iter_records(path):
         if "event" not in rec:
@@ -105,6 +106,8 @@ def last_values(path: Path) -> dict[tuple[str, str], tuple[int | None, Any]]:
 def plot(path: Path, out: Path) -> int:
     """Draw each metric against step (train, val and test on the same axes); returns the panel count."""
     import matplotlib
+
+    from ava.metrics.sinks.jsonl import iter_records
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -54,3 +54,22 @@ def test_console_script_and_module_entry(tmp_path):
         assert out.returncode == 0, out.stderr
     bad = subprocess.run([sys.executable, "-m", "ava", "params"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
+
+
+def test_a_command_imports_only_its_own_module_and_help_lists_every_command(tmp_path):
+    log = tmp_path / "x.log"
+    log.write_text("I0216 11:58:39.623576 17497 solver.cpp:189] Iteration 0, loss = 2.5\n")
+    probe = ("import sys; from ava.cli import main; code = main(sys.argv[1:]); "
+             "print(sorted(m for m in ('ava.run_cmd', 'ava.runs', 'ava.transfer_cli', 'ava.parse_log') "
+             "if m in sys.modules), file=sys.stderr); sys.exit(code)")
+    out = subprocess.run([sys.executable, "-c", probe, "parse-log", "caffe", str(log), "--year", "2015"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert '"name":"smoothed_loss","value":2.5' in out.stdout
+    assert out.stderr.strip().splitlines()[-1] == "['ava.parse_log']"
+    helped = subprocess.run([sys.executable, "-m", "ava", "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0
+    for command in ("init", "params", "run", "parse-log", "runs", "upload", "fetch"):
+        assert command in helped.stdout
+    unknown = subprocess.run([sys.executable, "-m", "ava", "nosuch"], capture_output=True, text=True, timeout=60)
+    assert unknown.returncode == 2 and "nosuch" in unknown.stderr

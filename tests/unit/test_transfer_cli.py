@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 
 import pytest
 
-from ava import cli, transfer_cli
+from ava import cli
 from tests.support.file_server import FileServer
 
 SUMMARY = re.compile(r"^(uploaded|fetched) (\d+) files?, ([\d,]+) bytes in \d+\.\d\d s \(\d+\.\d MB/s\) to (.+)$")
 
 
 @pytest.fixture
-def ava(monkeypatch, capsys):
+def ava(capsys):
     """Run ``ava ARGS...`` in-process; returns (exit code, stdout, stderr)."""
-    build = cli.build_parser
-
-    def with_transfer() -> argparse.ArgumentParser:
-        parser = build()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "upload" not in sub.choices:  # until ava.cli registers the commands itself
-            transfer_cli.add_parser(sub)
-        return parser
-
-    monkeypatch.setattr(cli, "build_parser", with_transfer)
 
     def run(*argv: str) -> tuple[int, str, str]:
         code = cli.main(list(argv))
