@@ -169,6 +169,10 @@ def _entries():
         (ts, True, 0, 0, "train", {"bool-step": 1.0}, None, None, 12, 0),
         (ts, 9, 0, 0, "bogus", {"phase": 1.0}, None, None, 13, 0),
         (ts, 9, 0, 0, "train", {"big": 10**20, "neg": -0.0}, None, {}, 14, 2),
+        (ts, 10, 0, 0, "train", {"speed": 3.0}, None, {"speed": ["samples", "s"]}, 16, 0),  # not hashable
+        # the first call's shape again (its cached text) with other values, one of them a string
+        (ts + 1.5, 11, 1, 3, "train", {"acc": 0.25, "lr": "inf", "speed": 13.0, "samples": 96, "tiny": 2.0},
+         None, units, 17, 0),
     ]
 
 
@@ -178,7 +182,7 @@ def test_encode_calls_gives_the_lines_of_their_records():
 
     entries = _entries()
     records = records_of(entries)
-    assert [r["seq"] for r in records] == list(range(16))
+    assert [r["seq"] for r in records] == list(range(22))
     assert encode_calls(entries) == [encode_line(r).decode("utf-8") for r in records]
 
 
