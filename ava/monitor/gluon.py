@@ -259,8 +259,9 @@ class SnapshotHandler(_eh.TrainBegin, _eh.BatchEnd, _eh.EpochEnd):
 
 
 def save_gluon_snapshot(train_ins: Any, net: Any, trainer: Any, epoch: int, directory: str | Path,
-                        prefix: str = "model", step: int | None = None) -> list[Path]:
-    """Save ``net`` (and ``trainer``'s states) as ``<prefix>-NNNN.*`` and submit snapshot ``epoch-NNNN``."""
+                        prefix: str = "model", step: int | None = None, samples: int | None = None) -> list[Path]:
+    """Save ``net`` (and ``trainer``'s states) as ``<prefix>-NNNN.*`` and submit snapshot ``epoch-NNNN``
+    (its meta: framework, epoch, checkpoint number, step, and ``samples`` when given)."""
     number = epoch + 1
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -271,8 +272,10 @@ def save_gluon_snapshot(train_ins: Any, net: Any, trainer: Any, epoch: int, dire
         states = directory / f"{prefix}-{number:04d}.states"
         _atomic(states, trainer.save_states)
         files.append(states)
-    train_ins.save_snapshot(files, f"epoch-{number:04d}", step=step,
-                            meta={"framework": "gluon", "epoch": epoch, "checkpoint": number, "step": step})
+    meta = {"framework": "gluon", "epoch": epoch, "checkpoint": number, "step": step}
+    if samples is not None:
+        meta["samples"] = samples
+    train_ins.save_snapshot(files, f"epoch-{number:04d}", step=step, meta=meta)
     return files
 
 
@@ -284,7 +287,8 @@ def _atomic(path: Path, save: Any) -> None:
 
 
 class LoopMonitor:
-    """For hand-written Gluon loops: ``step()`` every batch, ``epoch_end()`` every epoch.
+    """For hand-written Gluon loops: ``step()`` every batch, ``epoch_end()`` every epoch, and
+    ``resume(net, trainer)`` at the start to continue from the newest snapshot.
 
     Args:
         train_ins: the instance to record into.
@@ -376,13 +380,44 @@ class LoopMonitor:
         stopping = preempt.STOP.requested
         if self.checkpoint_every and ((epoch + 1) % self.checkpoint_every == 0 or stopping):
             files = save_gluon_snapshot(self._ins, net, trainer, epoch, self._ins.get_snapshot_base_path(),
-                                        self.prefix, step=self.global_step)
+                                        self.prefix, step=self.global_step, samples=self.samples)
         self.epoch = epoch + 1
         self.batch = 0
         self._tic = None
         if stopping:
             self._ins.exit_preempted()
         return files
+
+
+    def resume(self, net: Any, trainer: Any = None) -> tuple[int, int]:
+        """Load the newest confirmed Gluon snapshot of this instance into ``net`` (and ``trainer``).
+
+        The snapshot is the one :meth:`~ava.train.base.TrainInstance.resume_info` finds: its
+        files from ``run/<id>/output/`` when they are intact there, else downloaded from storage.
+
+        Returns:
+            ``(start_epoch, step)``: the epoch after the one saved and the step count then;
+            ``(0, 0)`` when there is no Gluon snapshot. The monitor continues counting from there.
+        """
+        info = self._ins.resume_info()
+        meta = info.snapshot_meta or {}
+        if info.snapshot is None or meta.get("framework") != "gluon":
+            return 0, 0
+        params = next((f for f in info.files if f.name.endswith(".params")), None)
+        states = next((f for f in info.files if f.name.endswith(".states")), None)
+        if params is None:
+            log.warning("snapshot %s holds no .params file; nothing to resume from", info.snapshot)
+            return 0, 0
+        net.load_parameters(str(params))
+        if trainer is not None and states is not None:
+            trainer.load_states(str(states))
+        epoch, step = int(meta["epoch"]), int(meta.get("step") or 0)
+        self.epoch, self.global_step, self.batch = epoch + 1, step, 0
+        self.samples = int(meta.get("samples") or 0)
+        self._tic, self._window = None, 0
+        self._ins.log_event("resume", step=step, path=str(params), epoch=epoch)
+        log.info("resumed from snapshot %s: epoch %d done, step %d", info.snapshot, epoch, step)
+        return epoch + 1, step
 
 
 def monitor_callback(train_ins: Any, **kwargs: Any) -> MonitorHandler:

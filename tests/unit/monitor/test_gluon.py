@@ -218,6 +218,53 @@ def test_plain_loop_helper(ins):
     assert (Path(i.storage_url[len("file://"):]) / "snapshots" / "LATEST").read_text() == "epoch-0002"
 
 
+def _train_epochs(net, trainer, mon, train_dl, epochs):
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    for epoch in epochs:
+        for x, y in train_dl:
+            with autograd.record():
+                loss = loss_fn(net(x), y)
+            loss.backward()
+            trainer.step(x.shape[0])
+            mon.step(loss=loss)
+        mon.epoch_end(net, trainer, epoch)
+
+
+def test_plain_loop_resumes_from_its_snapshot_downloaded_from_storage(tmp_path):
+    ws = tmp_path / "ws"
+    train_dl, _ = loaders()
+    first = train.TrainInstance("gl-resume", workspace=ws, setup_logging=False)
+    net = make_net()
+    trainer = make_trainer(net)
+    mon = gluon_monitor.LoopMonitor(first, batch_size=BATCH, log_every=5, trainer=trainer)
+    assert mon.resume(net, trainer) == (0, 0)  # a fresh instance: nothing to resume from
+    _train_epochs(net, trainer, mon, train_dl, range(2))
+    saved_step, saved_lr = mon.global_step, trainer.learning_rate
+    x = mx.nd.ones((2, 16))
+    want = net(x).asnumpy()
+    first.done()
+    for f in first.output_dir.iterdir():  # a new machine: only storage has the snapshot
+        f.unlink()
+
+    second = train.TrainInstance("gl-resume", workspace=ws, setup_logging=False)
+    fresh = make_net()
+    fresh.initialize(mx.init.Uniform(), force_reinit=True)
+    fresh_trainer = make_trainer(fresh)
+    mon2 = gluon_monitor.LoopMonitor(second, batch_size=BATCH, log_every=5, trainer=fresh_trainer)
+    assert mon2.resume(fresh, fresh_trainer) == (2, saved_step)
+    np.testing.assert_allclose(fresh(x).asnumpy(), want, rtol=1e-6)
+    assert fresh_trainer.learning_rate == pytest.approx(saved_lr)  # the scheduler's place came back too
+    assert mon2.samples == saved_step * BATCH
+    _train_epochs(fresh, fresh_trainer, mon2, train_dl, range(2, 3))
+    second.done()
+    recs = list(iter_records(second.metrics_path))  # both attempts: the first one's resume() found nothing
+    resume = [r for r in recs if r.get("event") == "resume"]
+    assert len(resume) == 1 and resume[0]["step"] == saved_step and "restored" in resume[0]["path"]
+    later = [r for r in recs if r["seq"] > resume[0]["seq"] and r.get("name") == "loss"]
+    assert later and min(r["step"] for r in later) == saved_step + 5 and all(r["epoch"] == 2 for r in later)
+    assert (Path(second.storage_url[len("file://"):]) / "snapshots" / "LATEST").read_text() == "epoch-0003"
+
+
 def test_bad_arguments(ins):
     i = ins()
     with pytest.raises(UsageError, match="log_interval"):
