@@ -41,28 +41,19 @@ Example:
 from __future__ import annotations
 
 import asyncio
-import base64
-import collections
-import concurrent.futures
-import errno
-import hashlib
 import logging
 import os
 import random
 import re
 import ssl
-import tempfile
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Sequence
-from urllib.parse import unquote, urlencode, urljoin, urlsplit
+from urllib.parse import urlencode
 
 try:
-    import tornado.httputil
-    import tornado.iostream
-    from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest, HTTPResponse
-    from tornado.httputil import HTTPHeaders
+    from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
     from tornado.ioloop import IOLoop
     from tornado.tcpclient import TCPClient
 except ImportError as _exc:  # pragma: no cover - depends on the installation
@@ -72,17 +63,24 @@ except ImportError as _exc:  # pragma: no cover - depends on the installation
 
 from ava.errors import AvaError, ObjectNotFoundError, StorageError, UsageError
 from ava.log.redact import register_secret
+from ava.utils._fetch_http import _Fatal, _http_get
+from ava.utils._fetch_names import check_relative_name  # noqa: F401 - re-exported: the old import path
+from ava.utils._fetch_names import names_for_urls, redact, target_under
+from ava.utils._fetch_transfer import etag_kind  # noqa: F401 - re-exported: the old import path
+from ava.utils._fetch_transfer import (
+    _RETRY_STATUS,
+    ProgressCallback,
+    _discard_opened,
+    _retryable,
+    _settle,
+    _Transfer,
+    _Verifier,
+)
 from ava.utils.tls import ssl_context as _make_ssl_context
 from ava.utils.tls import tls_verify, warn_plain_http
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, "int | None"], None]
-
-_DISK_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
-_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
-_HEX32 = re.compile(r"^[0-9a-fA-F]{32}$")
-_CONTENT_RANGE = re.compile(r"^bytes\s+(\d+)-(\d+)/(\d+|\*)$")
 _UNSATISFIED_RANGE = re.compile(r"^bytes\s+\*/(\d+)$")
 
 
@@ -92,349 +90,6 @@ class FetchError(StorageError):
 
 class FetchIntegrityError(FetchError):
     """What arrived does not match the size or hash the server announced."""
-
-
-def redact(url: str) -> str:
-    """``url`` without its query string (signed URLs carry tokens that must not be logged)."""
-    head, sep, _ = url.partition("?")
-    return head + ("?..." if sep else "")
-
-
-# --- names under a destination directory ----------------------------------------------
-def check_relative_name(name: str, what: str = "file name") -> str:
-    """Return ``name`` if it is a relative path that stays inside any directory it is joined to.
-
-    Raises:
-        UsageError: for an empty name, an absolute path, a ``.``/``..``/empty component or a NUL.
-    """
-    if not name:
-        raise UsageError(f"empty {what}: cannot place it under the destination directory")
-    if name.startswith("/"):
-        raise UsageError(f"{what} {name!r} is an absolute path; only relative names are allowed")
-    if "\x00" in name:
-        raise UsageError(f"{what} {name!r} holds a NUL byte")
-    for part in name.split("/"):
-        if part in ("", ".", ".."):
-            raise UsageError(f"{what} {name!r} has a {part or 'empty'!r} component; it could escape "
-                             "the destination directory, so it is refused")
-    return name
-
-
-def names_for_urls(urls: Sequence[str]) -> list[str]:
-    """File names for ``urls``: each URL's percent-decoded path below the directory all share.
-
-    ``http://h/data/train/a.jpg`` and ``http://h/data/val/b.jpg`` give ``train/a.jpg`` and
-    ``val/b.jpg``; one URL gives its last path component. A path with ``..``, ``.``, an empty
-    component (``a//b``, a trailing ``/``) or one that decodes to an absolute path is refused.
-
-    Example:
-        >>> names_for_urls(["http://h/d/x/1.bin", "http://h/d/y/2.bin"])
-        ['x/1.bin', 'y/2.bin']
-    """
-    split: list[list[str]] = []
-    for url in urls:
-        path = unquote(urlsplit(url).path)
-        if not path.startswith("/"):
-            raise UsageError(f"cannot derive a file name from {redact(url)!r}: it has no path")
-        check_relative_name(path[1:], f"path of {redact(url)!r}")
-        split.append(path[1:].split("/"))
-    common: list[str] = []
-    if split:
-        dirs = [parts[:-1] for parts in split]
-        for column in zip(*dirs):
-            if any(c != column[0] for c in column):
-                break
-            common.append(column[0])
-    return ["/".join(parts[len(common):]) for parts in split]
-
-
-def target_under(dest_dir: Path, name: str) -> Path:
-    """``dest_dir / name``, refusing a name (or a symlink inside ``dest_dir``) that leads outside."""
-    check_relative_name(name)
-    root = os.path.realpath(dest_dir)
-    target = os.path.realpath(os.path.join(root, name))
-    if os.path.commonpath([root, target]) != root or target == root:
-        raise UsageError(f"file name {name!r} leads outside {dest_dir}; refused")
-    return Path(dest_dir) / name
-
-
-# --- hashes -------------------------------------------------------------------------------
-class _QiniuEtag:
-    """Qiniu's etag computed incrementally (same result as ``qiniu.utils.etag``)."""
-
-    BLOCK = 4 << 20
-
-    def __init__(self) -> None:
-        self.blocks: list[bytes] = []
-        self.cur = hashlib.sha1()
-        self.cur_len = 0
-
-    def update(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while len(view):
-            take = min(len(view), self.BLOCK - self.cur_len)
-            self.cur.update(view[:take])
-            self.cur_len += take
-            view = view[take:]
-            if self.cur_len == self.BLOCK:
-                self.blocks.append(self.cur.digest())
-                self.cur, self.cur_len = hashlib.sha1(), 0
-
-    def hexdigest(self) -> str:
-        blocks = self.blocks + ([self.cur.digest()] if self.cur_len or not self.blocks else [])
-        data = b"\x16" + blocks[0] if len(blocks) == 1 else b"\x96" + hashlib.sha1(b"".join(blocks)).digest()
-        return base64.urlsafe_b64encode(data).decode()
-
-
-def etag_kind(etag: str | None) -> tuple[str | None, str | None]:
-    """``("md5", hex)``, ``("qiniu", etag)`` or ``(None, None)`` for an ETag header value."""
-    if not etag or etag.startswith("W/"):
-        return None, None
-    value = etag.strip().strip('"')
-    if _HEX32.match(value):
-        return "md5", value.lower()
-    if len(value) == 28:
-        try:
-            raw = base64.urlsafe_b64decode(value)
-        except ValueError:
-            return None, None
-        if len(raw) == 21 and raw[0] in (0x16, 0x96):
-            return "qiniu", value
-    return None, None
-
-
-class _Verifier:
-    """The hash of what arrived, of the kind the ETag names; it also owns the read buffers.
-
-    A big body is hashed on a thread of its own (hashlib lets go of the GIL), so hashing
-    overlaps the network and the disk instead of adding to them: the body is read straight
-    into 4 MiB batch buffers, each handed whole to the thread once full, with at most ``depth``
-    queued (no copy, and memory bounded at (depth + 1) x 4 MiB per download). Anything else is
-    read into one reused buffer and hashed inline. A deep queue absorbs the moments the hash
-    thread waits for a core (two cores, shared with the server and everyone else, measured:
-    depth 1: 440 MB/s, 2: 470, 4: 490, 8: 610).
-    """
-
-    BATCH = 4 << 20
-    DEPTH = 8
-
-    def __init__(self, etag: str | None, enabled: bool, threaded: bool = False, depth: int = DEPTH) -> None:
-        self.kind, self.expected = etag_kind(etag) if enabled else (None, None)
-        self.depth = max(1, depth)
-        # One worker: the batches of one hash must go in order.
-        self.worker = ThreadPoolExecutor(1, thread_name_prefix="ava-fetch-hash") if threaded and self.kind else None
-        self.queued: collections.deque[tuple[Future[None], bytearray]] = collections.deque()
-        self.free: list[bytearray] = []
-        self.plain = bytearray()
-        self.reset()
-
-    def reset(self) -> None:
-        self._wait()
-        self.cur: bytearray | None = None
-        self.pos = 0
-        self.hash: Any = None
-        if self.kind == "md5":
-            self.hash = hashlib.md5(usedforsecurity=False)
-        elif self.kind == "qiniu":
-            self.hash = _QiniuEtag()
-
-    def buffer(self, want: int) -> memoryview:
-        """Where the next read of at most ``want`` bytes goes."""
-        if self.worker is None:
-            if len(self.plain) < want:
-                self.plain = bytearray(want)
-            return memoryview(self.plain)[:want]
-        if self.cur is None:
-            if self.free:
-                self.cur = self.free.pop()
-            elif len(self.queued) < self.depth:
-                self.cur = bytearray(self.BATCH)
-            else:
-                fut, self.cur = self.queued.popleft()
-                fut.result()
-        return memoryview(self.cur)[self.pos:self.pos + min(want, self.BATCH - self.pos)]
-
-    def filled(self, data: memoryview) -> None:
-        """``data`` (from :meth:`buffer`) is in the file: hash it."""
-        if self.hash is None:
-            return
-        if self.worker is None:
-            self.hash.update(data)
-            return
-        self.pos += len(data)
-        if self.pos >= self.BATCH:
-            self._submit()
-
-    def _submit(self) -> None:
-        if self.cur is None or not self.pos:
-            return
-        buf, pos = self.cur, self.pos
-        self.cur, self.pos = None, 0
-        self.queued.append((self.worker.submit(self.hash.update, memoryview(buf)[:pos]), buf))  # type: ignore[union-attr]
-
-    def _wait(self) -> None:
-        while self.queued:
-            fut, buf = self.queued.popleft()
-            self.free.append(buf)
-            fut.result()
-
-    def mismatch(self) -> str | None:
-        if self.hash is None:
-            return None
-        if self.worker is not None:
-            self._submit()
-            self._wait()
-        got = self.hash.hexdigest()
-        return None if got == self.expected else f"{self.kind} {got} differs from the ETag {self.expected}"
-
-    def close(self) -> None:
-        try:
-            self._wait()
-        except Exception:  # the hash of a download being thrown away does not matter
-            pass
-        if self.worker is not None:
-            self.worker.shutdown(wait=False)
-        self.free.clear()
-
-
-# --- one file's download ------------------------------------------------------------------
-class _Abort(Exception):
-    """A write to the temp file failed: stop reading and drop the connection."""
-
-
-class _Transfer:
-    """The temp file, the offset reached and the hash so far of one download."""
-
-    def __init__(self, target: Path, progress: ProgressCallback | None, verify: bool, depth: int) -> None:
-        self.target = target
-        self.depth = depth
-        self.progress = progress
-        self.verify = verify
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-        self.fd: int | None = fd
-        self.tmp = Path(tmp)
-        self.offset = 0
-        self.high = 0  # the furthest offset any attempt reached: progress is going past it
-        self.total: int | None = None
-        self.etag: str | None = None
-        self.verifier = _Verifier(None, False)
-        self.write_error: OSError | None = None
-        # per attempt
-        self.writing = False
-        self.bad: str | None = None
-        self.error_body = bytearray()
-
-    def begin(self) -> None:
-        self.writing, self.bad = False, None
-        self.error_body = bytearray()
-
-    def restart(self) -> None:
-        assert self.fd is not None
-        os.ftruncate(self.fd, 0)
-        os.lseek(self.fd, 0, os.SEEK_SET)
-        self.offset = 0
-        self.verifier.reset()
-        if self.progress:
-            self.progress(0, self.total)
-
-    def accept(self, code: int, h: HTTPHeaders) -> None:
-        """Decide from the status and headers whether the body goes into the file."""
-        if code == 200:
-            if self.offset:  # the server ignored Range, or the object changed (If-Range)
-                self.restart()
-            length = h.get("Content-Length", "")
-            self.total = int(length) if length.isdigit() else None
-            self.etag = h.get("ETag")
-            # A small body is hashed inline: a thread hand-off would cost more than it saves.
-            big = self.total is None or self.total > 4 * _Verifier.BATCH
-            self.verifier.close()
-            self.verifier = _Verifier(self.etag, self.verify, threaded=big, depth=self.depth)
-            self.writing = True
-        elif code == 206:
-            m = _CONTENT_RANGE.match(h.get("Content-Range", "").strip())
-            if not m or int(m.group(1)) != self.offset:
-                self.bad = f"a 206 reply with Content-Range {h.get('Content-Range')!r} for offset {self.offset}"
-                return
-            total = None if m.group(3) == "*" else int(m.group(3))
-            if total is not None and self.total is not None and total != self.total:
-                self.bad = f"the object's size changed from {self.total} to {total} bytes"
-                return
-            self.total = total if total is not None else self.total
-            self.writing = True
-
-    def buffer(self, want: int) -> memoryview:
-        return self.verifier.buffer(want)
-
-    def feed(self, data: memoryview) -> None:
-        """Write ``data`` (read into :meth:`buffer`, or an error page's bytes) where it belongs."""
-        if not self.writing:
-            self.error_body += data[:512 - len(self.error_body)]
-            return
-        view = data
-        try:
-            while len(view):
-                view = view[os.write(self.fd, view):]  # type: ignore[arg-type]
-        except OSError as exc:
-            self.write_error = exc
-            raise _Abort() from exc
-        self.offset += len(data)
-        self.verifier.filled(data)
-        if self.progress:
-            self.progress(self.offset, self.total)
-
-    def disk_error(self, url: str) -> StorageError:
-        exc = self.write_error
-        assert exc is not None
-        hint = " (is the disk full?)" if exc.errno in _DISK_FULL else ""
-        err = StorageError(f"cannot write {self.target} while fetching {redact(url)}: "
-                           f"{exc.strerror or exc}{hint} after {self.offset} bytes; the partial "
-                           f"download was removed and {self.target} left as it was")
-        err.errno = exc.errno
-        return err
-
-    def commit(self, fsync: bool) -> None:
-        assert self.fd is not None
-        self.verifier.close()
-        try:
-            if fsync:
-                os.fsync(self.fd)
-            os.close(self.fd)
-            self.fd = None
-            os.replace(self.tmp, self.target)
-        except OSError as exc:
-            self.write_error = exc
-            raise
-
-    def discard(self) -> None:
-        self.verifier.close()
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        self.tmp.unlink(missing_ok=True)
-
-
-def _retryable(exc: BaseException) -> bool:
-    if isinstance(exc, HTTPClientError):
-        return exc.code == 599 or exc.code in _RETRY_STATUS
-    if isinstance(exc, (tornado.iostream.StreamClosedError, asyncio.TimeoutError)):
-        return True
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return False
-    return isinstance(exc, OSError)
-
-
-def _discard_opened(opening: Future[_Transfer]) -> None:
-    if not opening.cancelled() and opening.exception() is None:
-        opening.result().discard()
-
-
-def _settle(step: Future[Any], then: Callable[[Future[Any]], Any]) -> None:
-    """A download was cancelled while ``step`` (a file operation of milliseconds on the file
-    thread) was queued or under way: stop it if it has not begun, else wait for it, then
-    ``then(step)``, so nothing is left behind by the time the cancel is seen."""
-    if not step.cancel():
-        concurrent.futures.wait([step])
-    then(step)
 
 
 def _unwind(loop: IOLoop) -> None:
@@ -1002,126 +657,6 @@ class Fetcher:
         text = bytes(tr.error_body).decode("utf-8", "replace").strip().splitlines()
         raise FetchError(f"cannot fetch {redact(shown)}: HTTP {code} {reason}".strip()
                          + (f": {text[0][:200]}" if text else ""))
-
-
-class _Fatal(Exception):
-    """A download failure no retry can cure (a redirect to ftp://, too many redirects...)."""
-
-
-_BUF = 1 << 20
-_REDIRECTS = {301, 302, 303, 307, 308}
-_MAX_REDIRECTS = 5
-_HEAD_END = re.compile(rb"\r?\n\r?\n")
-
-
-async def _http_get(tcp: TCPClient, url: str, headers: dict[str, str], tr: _Transfer, *, connect_timeout: float,
-                    idle_timeout: float, ssl_context: Callable[[], ssl.SSLContext]) -> tuple[int, str, HTTPHeaders]:
-    """GET ``url`` on a new connection (following redirects), the body read straight into a
-    reused buffer and handed to ``tr.feed``; returns (status, reason, headers).
-
-    tornado's HTTP client hands the body over in fresh 64 KiB ``bytes`` objects, copied three
-    times on the way; reading into one buffer with ``IOStream.read_into`` costs a fifth of its
-    CPU, which is what keeps up with curl. Small requests still use tornado's client.
-    """
-    for _ in range(_MAX_REDIRECTS + 1):
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise _Fatal(f"{redact(url)!r} is not an http(s) URL")
-        https = parts.scheme == "https"
-        stream = await tcp.connect(parts.hostname, parts.port or (443 if https else 80),
-                                   ssl_options=ssl_context() if https else None, timeout=connect_timeout,
-                                   max_buffer_size=4 * _BUF)
-        loop = asyncio.get_running_loop()
-        state = {"last": loop.time(), "idle": False}
-
-        def watchdog() -> None:
-            if stream.closed():
-                return
-            if loop.time() - state["last"] >= idle_timeout:
-                state["idle"] = True
-                stream.close()  # the pending read fails; the caller resumes with Range
-            else:
-                handle[0] = loop.call_later(max(0.05, idle_timeout / 4), watchdog)
-
-        handle = [loop.call_later(max(0.05, idle_timeout / 4), watchdog)]
-        try:
-            stream.set_nodelay(True)
-            host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
-            lines = [f"GET {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1",
-                     f"Host: {host}", "Connection: close", "Accept-Encoding: identity", "User-Agent: ava-sdk"]
-            if parts.username:
-                token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
-                headers = {"Authorization": f"Basic {token}", **headers}
-            lines += [f"{k}: {v}" for k, v in headers.items()]
-            await stream.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-            while True:  # skip 1xx interim replies
-                head = (await stream.read_until_regex(_HEAD_END, max_bytes=64 << 10)).decode("latin-1")
-                first, _, rest = head.lstrip("\r\n").partition("\n")
-                start = tornado.httputil.parse_response_start_line(first.strip())
-                if not 100 <= start.code < 200:
-                    break
-            resp_headers = HTTPHeaders.parse(rest)
-            state["last"] = loop.time()
-            if start.code in _REDIRECTS and resp_headers.get("Location"):
-                new_url = urljoin(url, resp_headers["Location"])
-                if urlsplit(new_url).netloc != parts.netloc:
-                    headers = {k: v for k, v in headers.items() if k.lower() not in ("authorization", "cookie")}
-                url = new_url
-                continue
-            tr.accept(start.code, resp_headers)
-            await _read_body(stream, resp_headers, tr, state, loop)
-            return start.code, start.reason, resp_headers
-        except tornado.iostream.StreamClosedError as exc:
-            if state["idle"]:
-                raise TimeoutError(f"no data for {idle_timeout:g} s") from None
-            raise exc.real_error or exc from None
-        finally:
-            handle[0].cancel()
-            stream.close()
-    raise _Fatal(f"more than {_MAX_REDIRECTS} redirects")
-
-
-async def _read_body(stream: tornado.iostream.IOStream, headers: HTTPHeaders, tr: _Transfer, state: dict[str, Any],
-                     loop: asyncio.AbstractEventLoop) -> None:
-    length = headers.get("Content-Length", "")
-    if not tr.writing:  # an error page: its first lines are enough
-        if length != "0":
-            try:
-                tr.feed(memoryview(await stream.read_bytes(512, partial=True)))
-            except tornado.iostream.StreamClosedError:
-                pass
-        return
-    chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
-
-    async def copy(n: int | None) -> None:
-        """Feed ``n`` bytes (None: until the connection closes)."""
-        while n is None or n > 0:
-            view = tr.buffer(_BUF if n is None else min(_BUF, n))
-            try:
-                got = await stream.read_into(view, partial=True)
-            except tornado.iostream.StreamClosedError:
-                if n is None:
-                    return
-                raise
-            state["last"] = loop.time()
-            tr.feed(view[:got])
-            if n is not None:
-                n -= got
-
-    if chunked:
-        while True:
-            line = await stream.read_until(b"\r\n", max_bytes=1024)
-            n = int(line.split(b";")[0].strip() or b"0", 16)
-            if n == 0:
-                while (await stream.read_until(b"\r\n", max_bytes=64 << 10)).strip():  # trailers
-                    pass
-                return
-            await copy(n)
-            await stream.read_bytes(2)
-    elif length.isdigit():
-        await copy(int(length))
-    else:
-        await copy(None)
 
 
 class QMacAuthFetcher:

@@ -335,13 +335,13 @@ def test_an_interrupt_during_a_slow_file_operation_still_leaves_no_temp_file(roo
     import threading
     import time
 
-    from ava.utils import fetcher as fetcher_mod
+    from ava.utils import _fetch_transfer
 
     (root / "d" / "slow.bin").write_bytes(os.urandom(20_000))
     (root / "d" / "fast.bin").write_bytes(os.urandom(20_000))
     in_slow_step = threading.Event()
-    opened = fetcher_mod._Transfer.__init__
-    committed = fetcher_mod._Transfer.commit
+    opened = _fetch_transfer._Transfer.__init__
+    committed = _fetch_transfer._Transfer.commit
 
     def slow_open(self, target, *args):
         opened(self, target, *args)
@@ -357,8 +357,8 @@ def test_an_interrupt_during_a_slow_file_operation_still_leaves_no_temp_file(roo
         in_slow_step.wait(5)  # the fast one finishes only once the slow one is inside its step
         return committed(self, fsync)
 
-    monkeypatch.setattr(fetcher_mod._Transfer, "__init__", slow_open)
-    monkeypatch.setattr(fetcher_mod._Transfer, "commit", slow_commit)
+    monkeypatch.setattr(_fetch_transfer._Transfer, "__init__", slow_open)
+    monkeypatch.setattr(_fetch_transfer._Transfer, "commit", slow_commit)
 
     def interrupt(files, total, nbytes):
         raise KeyboardInterrupt
