@@ -31,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TESTDATA = REPO.parent / "shared" / "testdata" / "caffe_logs"
 TARGET_LINES = 400_000
+PER_LOG_LINES = 140_000
 RUNS = 3
 TARGET_RATIO = 5.0
 LIKE_FOR_LIKE = "13_ssd2019_detection_eval_full.log"  # parse_log.py keeps every value of it
@@ -176,6 +177,19 @@ def main() -> dict[str, object]:
             "ava_1x_kb": peak_rss_kb(ava_command("caffe", one), work),
             "ava_4x_kb": peak_rss_kb(ava_command("caffe", four), work),
         }
+        per_log = []
+        for log in subset:  # where the time goes: each log of the subset alone, repeated
+            alone = work / f"alone-{log.name}"
+            n_alone = concat([log], alone, PER_LOG_LINES)
+            pair = {"bvlc": [sys.executable, str(bvlc), str(alone), str(out)],
+                    "ava": ava_command("caffe", alone, "--format", "csv", "--out", str(out))}
+            spent: dict[str, list[float]] = {k: [] for k in pair}
+            for _ in range(RUNS):
+                for key, cmd in pair.items():
+                    spent[key].append(_timed(cmd, work))
+            records = subprocess.run(ava_command("caffe", alone), capture_output=True, check=True, cwd=work,
+                                     env=child_env(work)).stdout.count(b"\n")
+            per_log.append((log.name, n_alone, records, min(spent["bvlc"]), min(spent["ava"])))
         sub_one, sub_four = work / "s1.log", work / "s4.log"
         n_sub_one = concat(subset, sub_one, TARGET_LINES // 4)
         concat(subset, sub_four, 4 * n_sub_one)
@@ -211,6 +225,11 @@ def main() -> dict[str, object]:
           f"{n_like / med['ava_like']:,.0f} lines/s -> {res['ratio_like_for_like']:.1f}x")
     print(f"ava parse-log caffe (jsonl) on all {len(logs)} logs, {n_full} lines: "
           f"{res['ava_full_lines_s']:,.0f} lines/s")
+    print(f"each log of the subset alone (fastest of {RUNS}; a record is a metric value or an event ava writes):")
+    for name, n, records, t_bvlc, t_ava in per_log:
+        print(f"  {name}: {n} lines, {records / n:.0%} of them records: parse_log.py {n / t_bvlc:,.0f} lines/s, "
+              f"ava --format csv {n / t_ava:,.0f} lines/s -> {t_bvlc / t_ava:.1f}x")
+    res["per_log"] = per_log
     print(f"peak RSS, ava on all logs at {n_one} and {n_four} lines: {peak['ava_1x_kb'] / 1024:.1f} MiB -> "
           f"{peak['ava_4x_kb'] / 1024:.1f} MiB; parse_log.py on the subset at 1x and 4x: "
           f"{peak['bvlc_1x_kb'] / 1024:.1f} MiB -> {peak['bvlc_4x_kb'] / 1024:.1f} MiB")
