@@ -406,6 +406,28 @@ def test_command_missing_file_exits_2_with_one_line(tmp_path, capsys):
     assert "directory" in capsys.readouterr().err
 
 
+def test_command_on_a_log_without_records_says_so_and_still_writes_its_files(tmp_path, capsys):
+    empty, other = tmp_path / "empty.log", tmp_path / "other.log"
+    empty.write_bytes(b"")
+    other.write_bytes(b"epoch 1 done\n\xff\xfe binary \x00 noise\n" * 100)
+    for log, why in ((empty, "an empty file"), (other, "is it a caffe log?")):
+        args = command("caffe", str(log), "--format", "csv", "--out", str(tmp_path / "csv"))
+        assert args.func(args, None) == 0
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and log.name in err and "no caffe metrics or events" in err and why in err
+        assert (tmp_path / "csv" / f"{log.stem}.train.csv").read_text() == "NumIters,Seconds,LearningRate\n"
+    args = command("mxnet", str(other))
+    assert args.func(args, None) == 0
+    out = capsys.readouterr()
+    assert out.out == "" and "is it a mxnet log?" in out.err
+    log = tmp_path / "one.log"
+    log.write_text("I0216 11:58:39.623576 17497 solver.cpp:189] Iteration 0, loss = 2.5\n")
+    args = command("caffe", str(log), "--year", "2015")
+    assert args.func(args, None) == 0
+    out = capsys.readouterr()
+    assert out.err == "" and out.out.count("\n") == 1 and '"seq":0' in out.out  # the first record is kept
+
+
 def test_command_rejects_unknown_kind_and_format():
     with pytest.raises(SystemExit) as info:
         command("torch", "x.log")
