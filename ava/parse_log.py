@@ -418,15 +418,15 @@ def run(args: argparse.Namespace, env: Any = None) -> int:
         print(f"ava: parse-log: {args.log}: {problem}", file=sys.stderr)
         return 2
     records = parse_file(args.kind, log_path, year=getattr(args, "year", None))
-    first = next(records, None)
-    if first is None:  # the (empty) outputs are still written: a script finds what it expects
-        print(f"ava: parse-log: {args.log}: no {args.kind} metrics or events in it "
-              f"({'an empty file' if log_path.stat().st_size == 0 else f'is it a {args.kind} log?'})",
-              file=sys.stderr)
-    else:
-        records = itertools.chain((first,), records)
     stem = log_path.stem or log_path.name
     try:
+        first = next(records, None)
+        if first is None:  # the (empty) outputs are still written: a script finds what it expects
+            print(f"ava: parse-log: {args.log}: no {args.kind} metrics or events in it "
+                  f"({'an empty file' if log_path.stat().st_size == 0 else f'is it a {args.kind} log?'})",
+                  file=sys.stderr)
+        else:
+            records = itertools.chain((first,), records)
         if args.format == "csv":
             skip = _CAFFE_NOT_COLUMNS if args.kind == "caffe" else ()
             write_csv(records, args.out or ".", stem, skip_names=skip)
