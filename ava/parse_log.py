@@ -48,7 +48,8 @@ Differences from BVLC ``tools/extra/parse_log.py`` (each checked against it on t
    file has a row per ``lr`` line (no ``Train net output`` exists then; parse_log.py writes
    neither file).
 10. ``NumIters`` is an integer (``100``, not ``100.0``); lines end in ``\\n``, not ``\\r\\n``; both
-    files are always written (header only when there are no rows); the files are named
+    files are always written (header only when there are no rows; a log with no records at all
+    also gets a one-line note on stderr); the files are named
     ``<stem>.train.csv``/``.test.csv``, not ``<file name>.train``/``.test``; no ``--delimiter``.
 11. ``smoothed_loss`` and ``speed`` are in the JSON lines only, not in the Caffe CSV, so the CSV
     columns stay parse_log.py's.
