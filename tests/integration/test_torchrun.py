@@ -98,6 +98,7 @@ def test_two_ranks_one_set_of_snapshots_and_metrics_from_both(tmp_path):
 
 PREEMPT_SCRIPT = textwrap.dedent('''
     import json
+    import os
     import sys
     import time
 
@@ -112,7 +113,9 @@ PREEMPT_SCRIPT = textwrap.dedent('''
     # DATA_AND_MODEL
     mon = ins.get_monitor_callback("torch", log_every=1, batch_size=20)
     start, step = mon.resume(model, opt)
-    print(json.dumps({"rank": rank, "id": ins.training_ins_id, "start": start, "step": step}), flush=True)
+    # One write(2) of the whole line: both ranks share torchrun's stdout, and print() writes the
+    # text and its newline separately, so two ranks' lines could run together.
+    os.write(1, (json.dumps({"rank": rank, "id": ins.training_ins_id, "start": start, "step": step}) + "\\n").encode())
     for epoch in range(start, int(sys.argv[1])):
         for k in range(0, len(x), 20):
             loss = torch.nn.functional.cross_entropy(model(x[k:k + 20]), y[k:k + 20])
