@@ -60,19 +60,9 @@ def _encode_text(record: dict[str, Any]) -> str:
     """One record as JSON text ending in ``\\n`` (see :func:`encode_line`)."""
     if "event" not in record and len(record) <= 11:
         try:
-            name = record["name"]
-            name_json = _names.get(name)
-            if name_json is None:
-                name_json = _names[name] = _dumps(name)
-            value = record["value"]
-            vt = type(value)
-            if vt is float:
-                value_json = repr(value)
-            elif vt is int:
-                value_json = str(value)
-            elif value in ("nan", "inf", "-inf"):
-                value_json = f'"{value}"'
-            else:
+            name_json = _json_of(record["name"])
+            value_json = _value_json(record["value"])
+            if not value_json:
                 raise TypeError
             text = (f'{{"ts":{record["ts"]!r},"step":{_int_or_null(record["step"])},'
                     f'"epoch":{_int_or_null(record["epoch"])},"batch":{_int_or_null(record["batch"])},'
@@ -84,7 +74,7 @@ def _encode_text(record: dict[str, Any]) -> str:
                     text += f',"net":{_int_or_null(record["net"])}'
                     extra -= 1
                 if "unit" in record:
-                    text += f',"unit":{_dumps(record["unit"])}'
+                    text += f',"unit":{_json_of(record["unit"])}'
                     extra -= 1
                 if extra:
                     raise TypeError
@@ -115,7 +105,6 @@ def encode_lines(records: list[dict[str, Any]]) -> list[str]:
     """
     out: list[str] = []
     append = out.append
-    names = _names
     k_ts: Any = _UNSET
     k_step = k_epoch = k_batch = k_phase = k_rank = _UNSET
     head = tail = ""  # the text before the name, and between the value and seq; "" = no fast path
@@ -134,28 +123,17 @@ def encode_lines(records: list[dict[str, Any]]) -> list[str]:
             k_ts, k_step, k_epoch, k_batch, k_phase, k_rank = ts, step, epoch, batch, phase, rank
             if (type(ts) is float and type(phase) is str and phase in _PHASES and _plain_int(step) and _plain_int(epoch)
                     and _plain_int(batch) and _plain_int(rank)):
-                head = (f'{{"ts":{ts!r},"step":{"null" if step is None else step},'
-                        f'"epoch":{"null" if epoch is None else epoch},"batch":{"null" if batch is None else batch},'
-                        f'"phase":"{phase}","name":')
-                tail = f',"rank":{"null" if rank is None else rank},"seq":'
+                head, tail = _head_tail(ts, step, epoch, batch, phase, rank)
             else:
                 head = ""
-        vt = type(value)
         if not head or type(seq) is not int or type(name) is not str:
             append(_encode_text(rec))
             continue
-        if vt is float:
-            value_json = repr(value)
-        elif vt is int:
-            value_json = str(value)
-        elif vt is str and value in _NONFINITE:
-            value_json = f'"{value}"'
-        else:
+        value_json = _value_json(value)
+        if not value_json:
             append(_encode_text(rec))
             continue
-        name_json = names.get(name)
-        if name_json is None:
-            name_json = names[name] = _dumps(name)
+        name_json = _json_of(name)
         extra = len(rec) - 9
         if not extra:
             append(f"{head}{name_json},\"value\":{value_json}{tail}{seq}}}\n")
@@ -169,13 +147,7 @@ def encode_lines(records: list[dict[str, Any]]) -> list[str]:
             more = f',"net":{"null" if net is None else net}'
             extra -= 1
         if "unit" in rec:
-            unit = rec["unit"]
-            unit_json = names.get(unit) if type(unit) is str else None
-            if unit_json is None:
-                unit_json = _dumps(unit)
-                if type(unit) is str:
-                    names[unit] = unit_json
-            more += f',"unit":{unit_json}'
+            more += f',"unit":{_json_of(rec["unit"])}'
             extra -= 1
         if extra:
             append(_encode_text(rec))
@@ -192,7 +164,6 @@ def encode_calls(entries: list[Any]) -> list[str]:
     """
     out: list[str] = []
     append = out.append
-    names = _names
     for entry in entries:
         if type(entry) is dict:
             append(_encode_text(entry))
@@ -203,12 +174,12 @@ def encode_calls(entries: list[Any]) -> list[str]:
                 and type(seq) is int):
             out.extend(encode_lines(records_of([entry])))
             continue
-        head = (f'{{"ts":{ts!r},"step":{"null" if step is None else step},'
-                f'"epoch":{"null" if epoch is None else epoch},"batch":{"null" if batch is None else batch},'
-                f'"phase":"{phase}","name":')
-        tail = f',"rank":{"null" if rank is None else rank},"seq":'
+        head, tail = _head_tail(ts, step, epoch, batch, phase, rank)
         net_json = "" if net is None else f',"net":{net}'
+        names = _names
         for name, value in metrics.items():
+            # _value_json and _json_of inlined: this loop runs once per record on the writer
+            # thread (each call would add about a tenth to it, measured).
             vt = type(value)
             if vt is float:
                 value_json = repr(value)
@@ -225,12 +196,7 @@ def encode_calls(entries: list[Any]) -> list[str]:
             if units:
                 unit = units.get(name)
                 if unit is not None:
-                    unit_json = names.get(unit) if type(unit) is str else None
-                    if unit_json is None:
-                        unit_json = _dumps(unit)
-                        if type(unit) is str:
-                            names[unit] = unit_json
-                    more += f',"unit":{unit_json}'
+                    more += f',"unit":{_json_of(unit)}'
             if value_json and name_json is not None:
                 append(f"{head}{name_json},\"value\":{value_json}{tail}{seq}{more}}}\n")
             else:
@@ -238,6 +204,39 @@ def encode_calls(entries: list[Any]) -> list[str]:
                 append(_encode_text(rec))
             seq += 1
     return out
+
+
+def _head_tail(ts: float, step: int | None, epoch: int | None, batch: int | None, phase: str,
+               rank: int | None) -> tuple[str, str]:
+    """A metric line's text before its name and between its value and its seq (the keys every
+    record of one call shares; all checked to be plain by the caller)."""
+    head = (f'{{"ts":{ts!r},"step":{"null" if step is None else step},'
+            f'"epoch":{"null" if epoch is None else epoch},"batch":{"null" if batch is None else batch},'
+            f'"phase":"{phase}","name":')
+    return head, f',"rank":{"null" if rank is None else rank},"seq":'
+
+
+def _value_json(value: Any) -> str:
+    """An int, a float or a non-finite string ("nan", "inf", "-inf") as JSON; "" for anything
+    else (the general encoder takes that record)."""
+    vt = type(value)
+    if vt is float:
+        return repr(value)
+    if vt is int:
+        return str(value)
+    if vt is str and value in _NONFINITE:
+        return f'"{value}"'
+    return ""
+
+
+def _json_of(value: Any) -> str:
+    """``value`` (a metric name or unit) as JSON; a string's text is kept for the next time."""
+    if type(value) is not str:
+        return _dumps(value)
+    text = _names.get(value)
+    if text is None:
+        text = _names[value] = _dumps(value)
+    return text
 
 
 def _plain_int(v: Any) -> bool:
