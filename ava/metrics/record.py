@@ -161,7 +161,8 @@ CallEntry = tuple  # a plain tuple: building it is the cheapest thing the writer
 
 
 def records_of(entries: list[Any]) -> list[dict[str, Any]]:
-    """The records of converted calls (see :data:`CallEntry`), exactly as :func:`make_record` builds them."""
+    """The records of converted calls (see :data:`CallEntry`), built by :func:`make_record`
+    (whose rounding of ``ts`` leaves an already rounded one as it is)."""
     out: list[dict[str, Any]] = []
     append = out.append
     for entry in entries:
@@ -170,16 +171,9 @@ def records_of(entries: list[Any]) -> list[dict[str, Any]]:
             continue
         ts, step, epoch, batch, phase, metrics, net, units, seq, rank = entry
         for name, value in metrics.items():
-            rec = {"ts": ts, "step": step, "epoch": epoch, "batch": batch, "phase": phase,
-                   "name": name, "value": value, "rank": rank, "seq": seq}
-            if net is not None:
-                rec["net"] = net
-            if units:
-                unit = units.get(name)
-                if unit is not None:
-                    rec["unit"] = unit
+            append(make_record(ts, step, epoch, batch, phase, name, value, rank=rank, seq=seq, net=net,
+                               unit=units.get(name) if units else None))
             seq += 1
-            append(rec)
     return out
 
 
