@@ -64,9 +64,11 @@ def run(args: argparse.Namespace, env: Env) -> int:
     regex = RegexParser.from_specs(args.metric) if args.metric else None
     ins = train.TrainInstance(args.id, env=env)
     hooks: list[Any] = []
+    snapshots = None
     if args.parser != "none":
-        hooks.append(LogMetricsHook(ins, make_parser(args.parser)))
-        hooks.append(SnapshotHook(ins, make_parser(args.parser), other_files=args.snapshot_file or ()))
+        # One parser for metrics and snapshots: a snapshot gets the step the log is at.
+        snapshots = SnapshotHook(ins, other_files=args.snapshot_file or ())
+        hooks.append(LogMetricsHook(ins, make_parser(args.parser), snapshots=snapshots))
     if regex is not None:
         hooks.append(LogMetricsHook(ins, regex))
     tail = _Tail()
@@ -77,9 +79,8 @@ def run(args: argparse.Namespace, env: Env) -> int:
     try:
         code = cmd.run_and_forward(command, hooks, signal_map=signal_map)
     finally:
-        for hook in hooks:
-            if isinstance(hook, SnapshotHook):
-                hook.flush()
+        if snapshots is not None:
+            snapshots.flush()
         if preempt.STOP.requested:  # status preempted, whatever CMD's code was
             log.info("%s ended with code %d after %s", command[0], code, preempt.signal_name(preempt.STOP.signum))
             ins.done(exit_code=preempt.STOP.exit_code)
@@ -87,10 +88,28 @@ def run(args: argparse.Namespace, env: Env) -> int:
         elif code == 0:
             ins.done(exit_code=0)
         else:
-            what = f"exited with code {code}" if code < 128 else f"was killed by signal {code - 128}"
+            what = _how_it_ended(code)
             detail = tail.error_text()
             ins.done(err_msg=f"{command[0]} {what}" + (f": {detail}" if detail else ""), exit_code=code)
     return code
+
+
+def _how_it_ended(code: int) -> str:
+    """"exited with code N" or "was killed by signal N (NAME)", from what ended it, not the number."""
+    sig = getattr(code, "signal", None)
+    if sig is not None:
+        return f"was killed by signal {sig}{_signal_suffix(sig)}"
+    text = f"exited with code {code}"
+    if 128 < code < 128 + 65:  # a shell reports a child killed by signal N as 128 + N
+        text += f" (a shell's code for a child killed by signal {code - 128}{_signal_suffix(code - 128)})"
+    return text
+
+
+def _signal_suffix(sig: int) -> str:
+    try:
+        return f" ({signal.Signals(sig).name})"
+    except ValueError:
+        return ""
 
 
 def _signum(name: str) -> int:

@@ -4,7 +4,11 @@
 ``TrainInstance.log_metrics`` / ``log_event`` calls. ``SnapshotHook`` watches the same kind of
 records for snapshot events and hands the files of each snapshot to the instance's background
 uploader: for Caffe, the ``.caffemodel`` and ``.solverstate`` of one iteration (submitted once
-the solver state is announced, Caffe's last write of a snapshot), plus any ``other_files``.
+the solver state is announced, Caffe's last write of a snapshot); for MXNet, ``prefix-NNNN.params``
+with its ``prefix-symbol.json`` and the ``prefix-NNNN.states`` announced right after it, if any
+(submitted at the next line); plus any ``other_files``. Given to a ``LogMetricsHook`` as
+``snapshots=``, it takes that hook's records, so one parser sees every line and each snapshot gets
+the step the log is at (``ava run`` does this).
 
 Both are plain callables taking one line, as ``ava.utils.cmd.logproc`` calls hooks.
 
@@ -38,16 +42,21 @@ class LogMetricsHook:
         train_ins: a ``TrainInstance`` (anything with ``log_metrics`` and ``log_event``).
         parser: an object with ``parse_line(line) -> list of records``.
         events: also record the parser's events (``done``, ``resume``, ``snapshot``, ...).
+        snapshots: a :class:`SnapshotHook` that uploads the snapshots in these records.
     """
 
-    def __init__(self, train_ins: Any, parser: Any, *, events: bool = True) -> None:
+    def __init__(self, train_ins: Any, parser: Any, *, events: bool = True,
+                 snapshots: "SnapshotHook | None" = None) -> None:
         self.train_ins = train_ins
         self.parser = parser
         self.events = events
+        self.snapshots = snapshots
         self.records = 0
 
     def __call__(self, line: str) -> None:
         records = self.parser.parse_line(line)
+        if self.snapshots is not None:
+            self.snapshots.take(records, line)
         if not records:
             return
         if len(records) == 1:
@@ -98,24 +107,35 @@ class SnapshotHook:
 
     Args:
         train_ins: a ``TrainInstance``.
-        parser: a parser whose records include ``{"event": "snapshot", "path", "kind", "step"}``.
+        parser: a parser whose records include ``{"event": "snapshot", "path", "kind", "step"}``;
+            None when the hook is fed a ``LogMetricsHook``'s records (its ``snapshots=``).
         batch_of_epoch: iterations per epoch, to put the epoch in the snapshot's metadata.
         other_files: files uploaded with every snapshot (a deploy prototxt, a label map, ...).
     """
 
-    def __init__(self, train_ins: Any, parser: Any, *, batch_of_epoch: int | None = None,
+    def __init__(self, train_ins: Any, parser: Any = None, *, batch_of_epoch: int | None = None,
                  other_files: Sequence[str | Path] = ()) -> None:
         self.train_ins = train_ins
         self.parser = parser
         self.batch_of_epoch = batch_of_epoch
         self.other_files = [Path(f) for f in other_files]
         self._pending: dict[int | None, list[Path]] = {}
+        self._names: dict[int | None, str] = {}
+        self._at_next_line: set[int | None] = set()  # MXNet checkpoints: a .states may follow
         self.submitted: list[str] = []
 
     def __call__(self, line: str) -> None:
-        if "napshot" not in line and "checkpoint" not in line:
+        if self._at_next_line and "Saved optimizer state" not in line:
+            self._submit_waiting()
+        if "napshot" not in line and "checkpoint" not in line and "Saved " not in line:
             return  # the cheap filter: only snapshot lines matter here
-        for rec in self.parser.parse_line(line):
+        self.take(self.parser.parse_line(line), None)
+
+    def take(self, records: list[dict[str, Any]], line: str | None) -> None:
+        """Act on the snapshot events among ``records`` (those of ``line``; None: already checked)."""
+        if self._at_next_line and line is not None and "Saved optimizer state" not in line:
+            self._submit_waiting()
+        for rec in records:
             if rec.get("event") == "snapshot" and rec.get("path"):
                 self.snapshot(Path(rec["path"]), rec.get("kind"), rec.get("step"))
 
@@ -123,21 +143,50 @@ class SnapshotHook:
         files = self._pending.setdefault(step, [])
         if path not in files:
             files.append(path)
+        mx = _mxnet_checkpoint(path)
+        if mx is not None:  # MXNet: prefix-NNNN.params (+ prefix-symbol.json), maybe .states next
+            symbol, number = mx
+            if symbol.is_file() and symbol not in files:
+                files.append(symbol)
+            self._names.setdefault(step, f"epoch-{number:04d}")
+            if kind == "model":
+                self._at_next_line.add(step)
+                return
+            self.flush(step)
+            return
         # Caffe writes the model, then the solver state; anything else is one file per snapshot.
         if kind != "model":
+            self.flush(step)
+
+    def _submit_waiting(self) -> None:
+        for step in list(self._at_next_line):
             self.flush(step)
 
     def flush(self, step: int | None = None) -> None:
         """Submit what is pending (for ``step``, or everything when None)."""
         steps = [step] if step is not None else list(self._pending)
         for s in steps:
+            self._at_next_line.discard(s)
             files = self._pending.pop(s, [])
+            name = self._names.pop(s, None)
             if not files:
                 continue
-            name = f"iter-{s:08d}" if s is not None else files[0].stem
+            if name is None:
+                name = f"iter-{s:08d}" if s is not None else files[0].stem
             meta: dict[str, Any] = {"step": s}
             if self.batch_of_epoch and s is not None:
                 meta["epoch"] = s // self.batch_of_epoch
             self.train_ins.save_snapshot([*files, *self.other_files], name, meta, step=s)
             self.submitted.append(name)
             log.info("snapshot %s handed to the uploader: %s", name, ", ".join(str(f) for f in files))
+
+
+def _mxnet_checkpoint(path: Path) -> tuple[Path, int] | None:
+    """(``prefix-symbol.json``, NNNN) for an MXNet ``prefix-NNNN.params`` or ``.states``, else None."""
+    stem, dot, ext = path.name.rpartition(".")
+    if ext not in ("params", "states") or not dot:
+        return None
+    prefix, dash, digits = stem.rpartition("-")
+    if not dash or not digits.isdigit():
+        return None
+    return path.with_name(f"{prefix}-symbol.json"), int(digits)
