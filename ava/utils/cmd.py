@@ -46,6 +46,26 @@ __all__ = ["Hook", "LogHook", "NotStarted", "logproc", "run_and_forward", "runpr
 Args = Union[str, bytes, "os.PathLike[str]", Sequence[Union[str, bytes, "os.PathLike[str]"]]]
 
 
+class ExitCode(int):
+    """An exit code (an ``int``) that also says which signal killed the child, if one did.
+
+    ``signal`` is N when signal N ended the child (the code is then 128 + N, as a shell reports
+    it); None when the child exited, even with a code of 128 or more.
+
+    Example:
+        >>> code = ExitCode(137, signal=9)
+        >>> code == 137, code.signal, ExitCode(255).signal
+        (True, 9, None)
+    """
+
+    signal: int | None
+
+    def __new__(cls, code: int, signal: int | None = None) -> "ExitCode":
+        obj = super().__new__(cls, code)
+        obj.signal = signal
+        return obj
+
+
 class NotStarted(subprocess.Popen):  # type: ignore[type-arg]
     """What :func:`startproc` returns for a command that could not be executed.
 
@@ -193,8 +213,8 @@ def run_and_forward(args: Args, log_hook: LogHook = None, *, echo: bool = True, 
     then SIGKILL after 5 s, before the error propagates.
 
     Returns:
-        The child's exit code; 128 + N if signal N killed it (logged); 127 or 126 if it could
-        not be executed (logged).
+        The child's exit code, an :class:`ExitCode`: 128 + N if signal N killed it (logged; its
+        ``signal`` is then N); 127 or 126 if it could not be executed (logged).
     """
     hooks = HookList(log_hook)  # a bad hook fails before anything starts
     with _Forwarder(signal_map) as forwarder:
@@ -212,8 +232,8 @@ def run_and_forward(args: Args, log_hook: LogHook = None, *, echo: bool = True, 
     if code < 0:
         _log.warning("command %s was killed by %s; exit code %d", _program(args, popen_kwargs), _signame(-code),
                      128 - code)
-        return 128 - code
-    return code
+        return ExitCode(128 - code, signal=-code)
+    return ExitCode(code)
 
 
 def runproc(args: Args, log_hook: LogHook = None, **kwargs: Any) -> int:

@@ -48,13 +48,23 @@ def test_missing_command_is_127_and_failed(ws):
 def test_killed_child_reports_the_signal(ws):
     out = ava_run(ws, "--id", "killed", "--", "sh", "-c", "kill -9 $$")
     assert out.returncode == 137
-    assert "killed by signal 9" in status(ws, "killed")["err_msg"]
+    assert "killed by signal 9 (SIGKILL)" in status(ws, "killed")["err_msg"]
+
+
+def test_an_exit_code_above_128_is_an_exit_not_a_signal(ws):
+    out = ava_run(ws, "--id", "x255", "--", "sh", "-c", "echo 'Error: boom' >&2; exit 255")
+    assert out.returncode == 255
+    doc = status(ws, "x255")
+    assert doc["err_msg"].startswith("sh exited with code 255: ") and "signal" not in doc["err_msg"]
+    assert doc["exit_code"] == 255 and doc["status"] == "failed"
 
 
 @pytest.mark.parametrize("args, message", [
     ([], "nothing to run"),
     (["--metric", "noequals", "--", "true"], "noequals"),
     (["--metric", "x=([", "--", "true"], "x=(["),
+    (["--id", "../x", "--", "true"], "'../x' is not usable as a directory name"),
+    (["--id", "a/b", "--", "true"], "'a/b' is not usable as a directory name"),
 ])
 def test_bad_usage_exits_2_with_one_line(ws, args, message):
     out = ava_run(ws, *args)
