@@ -92,6 +92,10 @@ class UsageError(AvaError, ValueError):
     """A caller used the API wrongly (unknown framework, missing argument...)."""
 
 
+class InstanceIdError(InstanceError, UsageError):
+    """A training instance id that cannot be a directory name (bad input: the CLI exits 2)."""
+
+
 class PlatformError(AvaError, RuntimeError):
     """The platform API refused a request or could not be reached within the time allowed."""
 

@@ -15,7 +15,7 @@ import re
 import secrets
 from typing import Any
 
-from ava.errors import InstanceError
+from ava.errors import InstanceIdError
 
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_ID_LENGTH = 128
@@ -31,9 +31,9 @@ def new_instance_id() -> str:
 def check_instance_id(instance_id: Any) -> str:
     """Return ``instance_id`` if it is safe as a directory name; else a clear error."""
     if not isinstance(instance_id, str):
-        raise InstanceError(f"training instance id must be a string, got {instance_id!r}")
+        raise InstanceIdError(f"training instance id must be a string, got {instance_id!r}")
     if not ID_RE.match(instance_id) or ".." in instance_id:
-        raise InstanceError(
+        raise InstanceIdError(
             f"training instance id {instance_id!r} is not usable as a directory name; use letters, digits, "
             "'.', '_' and '-' (no '/' or '..'), at most 128 characters"
         )
