@@ -107,6 +107,10 @@ class TrainInstance:
         handle_signals: bool | None = None,
     ) -> None:
         self._env = env if isinstance(env, Env) else Env(env)
+        # Settings are read before anything is written: a bad value fails here and leaves no
+        # run directory, no status.json and no lock behind.
+        done_timeout = self._env.done_timeout
+        preempt_timeout = self._env.preempt_timeout
         if isinstance(workspace, Workspace):
             self.workspace = workspace
         elif workspace is not None:
@@ -164,24 +168,50 @@ class TrainInstance:
             raise
         self._http: HttpSink | None = None
         self._uploader: SnapshotUploader | None = None
-        sinks: list[Sink] = [sink, *self._extra_sinks(config_dir, tensorboard)]
-        self._writer = MetricsWriter(sinks, rank=self.rank, start_seq=start_seq, max_buffer=max_buffer,
-                                     atexit_timeout=self._env.done_timeout)
-        # The hot path: calls go straight to the writer (same signature as the method below).
-        self.log_metrics = self._writer.log_metrics  # type: ignore[method-assign]
-        self._resume_info: ResumeInfo | None = None
-        self._children: ChildListener | None = None  # opened at the first fork
-        self._warned_unsharded = False
-        self._start_seq = start_seq
-        if handle_signals if handle_signals is not None else self._env.handle_signals:
-            preempt.install(self._env.preempt_timeout)
-        preempt.add_finisher(id(self), _weak_finisher(weakref.ref(self)))
-        resumed = len(self._status_doc["history"]) > 0
-        if resumed and has_pending(self._snapshot_state):
-            # What the previous attempt submitted but never confirmed goes up now, in the background.
-            _ = self.snapshot_uploader
+        sinks: list[Sink] = [sink]
+        try:
+            sinks += self._extra_sinks(config_dir, tensorboard)
+            self._writer = MetricsWriter(sinks, rank=self.rank, start_seq=start_seq, max_buffer=max_buffer,
+                                         atexit_timeout=done_timeout)
+            # The hot path: calls go straight to the writer (same signature as the method below).
+            self.log_metrics = self._writer.log_metrics  # type: ignore[method-assign]
+            self._resume_info: ResumeInfo | None = None
+            self._children: ChildListener | None = None  # opened at the first fork
+            self._warned_unsharded = False
+            self._start_seq = start_seq
+            if handle_signals if handle_signals is not None else self._env.handle_signals:
+                preempt.install(preempt_timeout)
+            preempt.add_finisher(id(self), _weak_finisher(weakref.ref(self)))
+            resumed = len(self._status_doc["history"]) > 0
+            if resumed and has_pending(self._snapshot_state):
+                # What the previous attempt submitted but never confirmed goes up now, in the background.
+                _ = self.snapshot_uploader
+        except BaseException as exc:
+            self._abandon_open(sinks, exc)
+            raise
         log.info("training instance %s %s at %s", self.training_ins_id, "resumed" if resumed else "started", self.run_dir)
         _live.add(self)
+
+    def _abandon_open(self, sinks: list[Sink], exc: BaseException) -> None:
+        """The constructor failed after status.json was begun: close what it opened (the lock
+        goes with the metrics file) and record the attempt as failed, so nothing looks running."""
+        self._forget()
+        if self._uploader is not None:
+            self._uploader.close(timeout=0)
+        if self._writer is not None:
+            self._writer.close(timeout=LOCAL_FLUSH_TIMEOUT)
+        else:
+            for sink in sinks:
+                try:
+                    sink.close()
+                except Exception:  # noqa: BLE001 - the original error is the one to raise
+                    pass
+        if self.rank == 0 and self._status_doc is not None:
+            try:
+                self._status_doc = self._status.finish(self._status_doc, STATUS_FAILED,
+                                                       f"the instance could not be opened: {exc}")
+            except OSError:
+                pass
 
     def _platform_spec(self) -> dict[str, Any]:
         try:

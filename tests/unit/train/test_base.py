@@ -250,3 +250,33 @@ def test_other_ranks_record_beside_rank_0_and_leave_the_status_to_it(ws):
     logs = ws.root / "run" / "dist" / "logs"
     assert [(r["rank"], r["seq"], r["value"]) for r in iter_records(logs / "metrics.jsonl")] == [(0, 0, 1.0)]
     assert [(r["rank"], r["seq"], r["value"]) for r in iter_records(logs / "metrics.rank1.jsonl")] == [(1, 0, 2.0)]
+
+
+@pytest.mark.parametrize("name", ["AVA_DONE_TIMEOUT", "AVA_PREEMPT_TIMEOUT"])
+def test_a_bad_setting_fails_before_anything_is_written(ws, name):
+    from ava.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=name):
+        open_instance(ws, "bad-env", env={name: "abc"})
+    assert not (ws.root / "run" / "bad-env" / "status.json").exists()
+    ins = open_instance(ws, "bad-env", env={})  # nothing left locked or half-open
+    assert status(ins)["status"] == "running" and status(ins)["history"] == []
+    ins.done()
+
+
+def test_a_constructor_failing_after_the_status_is_written_leaves_it_failed_and_unlocked(ws, monkeypatch):
+    class Broken(RuntimeError):
+        pass
+
+    def no_writer(*args, **kwargs):
+        raise Broken("no thread for the writer")
+
+    monkeypatch.setattr(train, "MetricsWriter", no_writer)
+    with pytest.raises(Broken):
+        open_instance(ws, "half")
+    doc = json.loads((ws.root / "run" / "half" / "status.json").read_text())
+    assert doc["status"] == "failed" and "no thread for the writer" in doc["err_msg"]
+    monkeypatch.undo()
+    ins = open_instance(ws, "half")  # the metrics file's lock was released
+    assert status(ins)["history"][0]["status"] == "failed"
+    ins.done()
