@@ -399,10 +399,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("log", help="the log file")
     p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl", help="output format (default: jsonl)")
     p.add_argument("--out", metavar="DIR", help="output directory (csv default: the current directory)")
-    p.add_argument("--year", type=int, help="the year a Caffe log starts in, for glog prefixes without one "
+    p.add_argument("--year", type=_year, help="the year a Caffe log starts in, for glog prefixes without one "
                                             "when there is no 'Log file created at:' header (default: this year)")
     p.set_defaults(func=run)
     return p
+
+
+def _year(text: str) -> int:
+    """``--year``: a calendar year a log can have been written in."""
+    try:
+        year = int(text)
+    except ValueError:
+        year = 0
+    if not 1970 <= year <= 9999:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a year (1970-9999)")
+    return year
 
 
 def run(args: argparse.Namespace, env: Any = None) -> int:

@@ -279,6 +279,9 @@ class CaffeLogParser:
 
     def _parse(self, line: str) -> list[Record]:
         g = _GLOG.match(line) or _GLOG.search(line, 0, 400)
+        if g is None and line.startswith("\0"):  # a crash's zero-filled tail, then a new line
+            lead = len(line) - len(line.lstrip("\0"))
+            g = _GLOG.search(line, lead, lead + 400)
         if g is None:
             msg = line.lstrip()
             if msg.startswith("Log file created at: "):

@@ -434,3 +434,22 @@ def test_command_rejects_unknown_kind_and_format():
     assert info.value.code == 2
     with pytest.raises(SystemExit):
         command("caffe", "x.log", "--format", "xml")
+
+
+@pytest.mark.parametrize("year", ["0", "-5", "10000", "twenty"])
+def test_command_rejects_a_year_no_log_was_written_in(year, capsys):
+    with pytest.raises(SystemExit) as info:
+        command("caffe", "x.log", "--year", year)
+    assert info.value.code == 2
+    assert f"argument --year: '{year}' is not a year" in capsys.readouterr().err
+
+
+def test_a_glog_line_after_a_run_of_nul_bytes_keeps_its_record():
+    # What a crash can leave in a log: the file's tail zero-filled, then the restarted run's lines.
+    lines = ["I0216 11:58:42.106645 17497 solver.cpp:189] Iteration 100, loss = 0.13",
+             "\0" * 1000 + "I0216 11:58:42.106741 17497 solver.cpp:204]     Train net output #0: loss = 0.12 (* 1 = 0.12 loss)"]
+    for parse in ("line", "block"):
+        p = CaffeLogParser(year=2016)
+        recs = ([r for ln in lines for r in p.parse_line(ln)] if parse == "line"
+                else p.parse_block("\n".join(lines) + "\n"))
+        assert [(r["name"], r["step"], r["value"]) for r in recs] == [("smoothed_loss", 100, 0.13), ("loss", 100, 0.12)]
