@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 LAYOUT_DIRS = ("params", "data/train", "data/val", "data/test", "model", "run")
 
 _TEMPLATE_SKIP = {".gitkeep"}
+#: The hyper-parameter file names, in the order ``ava.params`` looks for them.
+PARAMS_FILES = ("default.json", "default.yaml", "default.yml")
 _announced_default = False
 
 
@@ -139,7 +141,7 @@ class Workspace:
             dst = self.root / rel
             if src.is_dir():
                 self._mkdir(dst)
-            elif src.name not in _TEMPLATE_SKIP and not dst.exists():
+            elif src.name not in _TEMPLATE_SKIP and not dst.exists() and not self._has_own_params(dst):
                 self._mkdir(dst.parent)
                 try:
                     shutil.copyfile(src, dst)
@@ -147,6 +149,13 @@ class Workspace:
                     raise WorkspaceError(f"cannot write {dst}: {exc.strerror}; check its permissions") from None
                 written.append(dst)
         return written
+
+    def _has_own_params(self, dst: Path) -> bool:
+        """Whether ``dst`` is a params file and the workspace already has one of another name
+        (the template's default.json beside a user's default.yaml would be read instead of it)."""
+        if dst.parent != self.params_dir or dst.name not in PARAMS_FILES:
+            return False
+        return any((self.params_dir / name).is_file() for name in PARAMS_FILES)
 
     def _mkdir(self, path: Path) -> None:
         try:

@@ -31,10 +31,10 @@ from typing import Any, Mapping, Sequence, Union
 
 from ava.env import Env
 from ava.errors import ParamsError, ParamsKeyError
+from ava.workspace import PARAMS_FILES
 
 log = logging.getLogger(__name__)
 
-PARAMS_FILES = ("default.json", "default.yaml", "default.yml")
 
 Key = Union[str, Sequence[Union[str, int]]]
 _MISSING = object()

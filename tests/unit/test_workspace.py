@@ -34,6 +34,18 @@ def test_init_never_overwrites_existing_files(tmp_path):
     assert ws.params_dir / "default.json" not in written
 
 
+@pytest.mark.parametrize("name", ["default.yaml", "default.yml"])
+def test_init_adds_no_template_params_beside_a_users_yaml(tmp_path, name):
+    from ava.params.params import Params
+
+    ws = Workspace(tmp_path / "w")
+    ws.params_dir.mkdir(parents=True)
+    (ws.params_dir / name).write_text("solverOps:\n  lr: 0.5\n")
+    ws.init()
+    assert sorted(p.name for p in ws.params_dir.iterdir()) == [name]
+    assert Params(ws.params_dir).get_value("solverOps.lr") == 0.5
+
+
 def test_discover_prefers_env(tmp_path):
     ws = Workspace.discover(Env({"AVA_WORKSPACE": str(tmp_path / "x")}))
     assert ws.root == tmp_path / "x"
