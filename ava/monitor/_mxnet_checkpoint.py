@@ -23,6 +23,7 @@ log = logging.getLogger("ava.monitor.mxnet")
 #: How long the epoch-end callback waits (in the background) for a checkpoint file to appear.
 DEFAULT_WAIT_TIMEOUT = 120.0
 _POLL = 0.1
+_WARN_AFTER = 5.0  # a checkpoint still missing this long after its epoch ended is warned about
 
 
 # --- the epoch-end callback -------------------------------------------------------------------------
@@ -64,31 +65,60 @@ class _OrderedSubmitter:
         ins.save_snapshot(files, name, meta=meta, step=step)
 
     def _run(self) -> None:
+        warned = False
         while True:
             with self._lock:
                 if not self._queue:
                     self._thread = None
                     self._idle.set()
                     return
-                resolve, name, meta, step, deadline = self._queue[0]
+                item = self._queue[0]
+            resolve, name, meta, step, deadline = item
             try:
                 files, missing = resolve()
-                if not missing:
-                    self._save(files, name, meta, step)
-                elif time.monotonic() >= deadline:
-                    log.error("snapshot %s not uploaded: %s did not appear within %.0f s", name,
-                              ", ".join(missing), self.timeout)
-                    ins = self._ins_ref()
-                    if ins is not None:
-                        ins.log_event("snapshot_failed", step=step, name=name, missing=missing,
-                                      reason=f"not written within {self.timeout:.0f} s")
-                else:
-                    time.sleep(_POLL)  # a daemon thread polling the disk: nothing else to wake it
-                    continue
             except Exception as exc:  # noqa: BLE001 - a background thread reports, never dies
                 log.error("snapshot %s: %s (a snapshot already submitted is uploaded by the next run)", name, exc)
+                files, missing = [], []
+            if missing and time.monotonic() < deadline:
+                if not warned and time.monotonic() >= deadline - self.timeout + _WARN_AFTER:
+                    warned = True
+                    log.warning("snapshot %s: no %s yet, %.0f s after the epoch ended; still looking for %.0f s. "
+                                "If do_checkpoint writes elsewhere, give its prefix to "
+                                "get_epoch_end_callback(..., prefix=...)", name, ", ".join(missing), _WARN_AFTER,
+                                self.timeout - _WARN_AFTER)
+                time.sleep(_POLL)  # a daemon thread polling the disk: nothing else to wake it
+                continue
             with self._lock:
+                if not self._queue or self._queue[0] is not item:
+                    continue  # settle() took it meanwhile
                 self._queue.popleft()
+                if files and not missing:
+                    self._save(files, name, meta, step)
+                elif missing:
+                    self._report_missing(name, step, missing, f"not written within {self.timeout:.0f} s")
+
+    def settle(self) -> None:
+        """The instance is finishing: submit the snapshots whose files are there now, and report
+        the others as not uploaded (nothing will wait for them any more)."""
+        with self._lock:
+            while self._queue:
+                resolve, name, meta, step, _ = self._queue.popleft()
+                try:
+                    files, missing = resolve()
+                except Exception as exc:  # noqa: BLE001 - finishing must go on
+                    log.error("snapshot %s: %s", name, exc)
+                    continue
+                if not missing:
+                    self._save(files, name, meta, step)
+                else:
+                    self._report_missing(name, step, missing, "not written when the instance finished")
+
+    def _report_missing(self, name: str, step: int | None, missing: list[str], reason: str) -> None:
+        log.error("snapshot %s not uploaded: %s %s. If do_checkpoint writes elsewhere, give its prefix to "
+                  "get_epoch_end_callback(..., prefix=...)", name, ", ".join(missing), reason)
+        ins = self._ins_ref()
+        if ins is not None:
+            ins.log_event("snapshot_failed", step=step, name=name, missing=missing, reason=reason)
 
 
 def find_checkpoint(directory: str | Path, number: int) -> tuple[Path, Path] | None:
@@ -122,8 +152,9 @@ class EpochEndCallback:
     snapshot ``epoch-NNNN`` (NNNN = epoch + 1) with ``prefix-symbol.json``, ``prefix-NNNN.params``,
     ``prefix-NNNN.states`` when present, and ``other_files``; it returns at once (the upload runs
     in the background). In the one case that uses a thread of its own (no ``prefix``, and the
-    first checkpoint not written yet), call :meth:`wait` before ``train_ins.done()`` if ``fit``
-    may end within ``wait_timeout``; otherwise that snapshot is uploaded by the instance's next run.
+    first checkpoint not written yet), the files are looked for until ``wait_timeout`` (a warning
+    after 5 s names the pattern); ``train_ins.done()`` then submits them if they are there, or
+    logs an error and records a ``snapshot_failed`` event for each one that never appeared.
 
     Args:
         train_ins: the instance whose storage receives the snapshots.

@@ -39,6 +39,14 @@ class _RunState:
         self.capture: _ValidationCapture | None = None
         self.lock = threading.Lock()
         self.submitters: "weakref.WeakSet[_OrderedSubmitter]" = weakref.WeakSet()
+        hooks = getattr(train_ins, "_before_done", None)
+        if isinstance(hooks, list):
+            hooks.append(self.settle)
+
+    def settle(self) -> None:
+        """The instance is finishing: checkpoints waited for are submitted, or reported missing."""
+        for sub in list(self.submitters):
+            sub.settle()
 
     def leave_if_preempted(self) -> None:
         """After a stop request: let checkpoints being written reach the uploader, then leave

@@ -135,6 +135,9 @@ class TrainInstance:
         self.training_ins_id = check_instance_id(explicit) if explicit is not None else new_instance_id()
         self._pid = os.getpid()
         self._done_lock = threading.Lock()
+        # Called first thing in done(): adapters hand over what they still hold (an MXNet
+        # checkpoint whose files were being waited for) or report it.
+        self._before_done: list[Callable[[], None]] = []
         self._status_doc: dict[str, Any] | None = None
         self._writer: MetricsWriter | None = None
 
@@ -439,6 +442,11 @@ class TrainInstance:
         with self._done_lock:
             if self._status_doc is None or self._status_doc.get("status") in FINAL_STATUSES:
                 return
+            for hook in self._before_done:
+                try:
+                    hook()
+                except Exception as exc:  # noqa: BLE001 - finishing must go on
+                    log.error("instance %s: %s", self.training_ins_id, exc)
             preempted = preempt.STOP.requested
             if timeout is None:
                 timeout = self._env.preempt_timeout if preempted else self._env.done_timeout

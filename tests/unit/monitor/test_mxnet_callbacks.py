@@ -271,6 +271,56 @@ def test_discovery_reports_the_pattern_it_looked_for(ins, caplog):
     assert "-0005.params" in event["missing"][0] and i.get_snapshot_base_path() in event["missing"][0]
 
 
+def test_checkpoints_written_elsewhere_are_reported_at_done_not_lost_silently(ins, tmp_path, caplog):
+    """The guide's calls with do_checkpoint writing outside the snapshot directory and no prefix."""
+    i = ins()
+    train_iter, _ = make_data()
+    elsewhere = tmp_path / "ckpt"
+    elsewhere.mkdir()
+    cb = i.get_epoch_end_callback("mxnet", batch_of_epoch=4, epoch_interval=1, other_files=[])
+    mod = mx.mod.Module(mlp(), context=mx.cpu())
+    fit(mod, train_iter, epochs=2, epoch_end_callback=[mx.callback.do_checkpoint(str(elsewhere / "m"), 1), cb])
+    with caplog.at_level(logging.ERROR, logger="ava.monitor.mxnet"):
+        i.done()
+    failed = [r for r in iter_records(i.metrics_path) if r.get("event") == "snapshot_failed"]
+    assert [r["name"] for r in failed] == ["epoch-0001", "epoch-0002"]
+    assert all(r["reason"] == "not written when the instance finished" for r in failed)
+    text = caplog.text
+    assert "snapshot epoch-0001 not uploaded" in text and "prefix=" in text and i.get_snapshot_base_path() in text
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["m-0001.params", "m-0002.params", "m-symbol.json"]
+
+
+def test_a_checkpoint_missing_for_a_while_is_warned_about_while_it_is_looked_for(ins, caplog, monkeypatch):
+    from ava.monitor import _mxnet_checkpoint
+
+    monkeypatch.setattr(_mxnet_checkpoint, "_WARN_AFTER", 0.05)
+    i = ins()
+    cb = i.get_epoch_end_callback("mxnet", wait_timeout=60)
+    with caplog.at_level(logging.WARNING, logger="ava.monitor.mxnet"):
+        cb(0)
+        deadline = time.monotonic() + 30
+        while "snapshot epoch-0001: no " not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert "still looking" in caplog.text and "prefix=" in caplog.text
+    out = Path(i.get_snapshot_base_path())
+    (out / "m-symbol.json").write_text("{}")
+    (out / "m-0001.params").write_bytes(b"1")
+    assert cb.wait(30) and i.snapshot_uploader.wait(30)
+    assert caplog.text.count("snapshot epoch-0001: no ") == 1  # once, not at every poll
+
+
+def test_a_checkpoint_that_appears_before_done_is_still_uploaded(ins):
+    i = ins()
+    out = Path(i.get_snapshot_base_path())
+    cb = i.get_epoch_end_callback("mxnet", wait_timeout=60)
+    cb(0)  # before do_checkpoint: looked for in the background
+    (out / "m-symbol.json").write_text("{}")
+    (out / "m-0001.params").write_bytes(b"1")
+    i.done()  # hands it over at once rather than leaving it to the polling thread
+    stored = Path(i.storage_url[len("file://"):]) / "snapshots" / "epoch-0001"
+    assert (stored / "m-0001.params").read_bytes() == b"1"
+
+
 def test_upload_failure_keeps_training_and_files(ins, tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(registry.BACKENDS, "down", (f"{__name__}:DownStorage", ""))
     monkeypatch.setattr(registry, "_instances", {})
