@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Any, Sequence, Union
 
 from ava.utils import preempt
@@ -38,6 +39,11 @@ from ava.utils._lines import READ_SIZE, Hook, HookList, LogHook, OutputPipe
 _log = logging.getLogger(__name__)
 
 MAX_LINE = 1 << 20  #: the default cap on one line, in bytes (see LineSplitter)
+#: Seconds :func:`logproc` goes on reading after the child exits while its pipes stay open (a
+#: process it started in the background holds them): what was written by then is read, the
+#: rest is not waited for.
+EXIT_GRACE = 2.0
+_EXIT_POLL = 0.5  # how often the read loop checks whether the child has exited
 _PIPE_SIZE = READ_SIZE  # fewer, larger reads and fewer wake-ups of the writer (Linux caps this)
 _FORWARDED = (signal.SIGTERM, signal.SIGINT)
 
@@ -147,6 +153,10 @@ def logproc(proc: subprocess.Popen[Any], log_hook: LogHook = None, *, echo: bool
             prefix_stream: bool = False, max_line: int = MAX_LINE) -> None:
     """Read the child's stdout and stderr until both close, passing every line on.
 
+    When the child has exited but a process it started in the background still holds the pipes
+    open, reading stops :data:`EXIT_GRACE` seconds after the exit (with a warning) rather than
+    waiting for that process.
+
     Both pipes are read together in large chunks, so a child filling one while the other is
     quiet never blocks. Lines end at ``\\n``, ``\\r\\n`` or ``\\r``; bytes are decoded as UTF-8
     with replacement; a line longer than ``max_line`` bytes arrives in pieces. Hooks run on
@@ -181,8 +191,21 @@ def logproc(proc: subprocess.Popen[Any], log_hook: LogHook = None, *, echo: bool
         for pipe in pipes:
             sel.register(pipe.fd, selectors.EVENT_READ, pipe)
         open_pipes = len(pipes)
+        exited_at: float | None = None
+        give_up = False
+        next_poll = time.monotonic() + _EXIT_POLL
         while open_pipes:
-            for key, _ in sel.select():
+            if exited_at is None:
+                events = sel.select(_EXIT_POLL)
+                if not events or time.monotonic() >= next_poll:  # not a waitpid per read
+                    next_poll = time.monotonic() + _EXIT_POLL
+                    if proc.poll() is not None:
+                        exited_at = time.monotonic()
+            else:
+                left = exited_at + EXIT_GRACE - time.monotonic()
+                events = sel.select(max(0.0, left))
+                give_up = left <= 0
+            for key, _ in events:
                 pipe = key.data
                 lines = pipe.read()
                 if lines is None:  # end of the stream
@@ -195,8 +218,28 @@ def logproc(proc: subprocess.Popen[Any], log_hook: LogHook = None, *, echo: bool
                         pipe.write_lines(lines, handler)
                     if hooks:
                         hooks.deliver(lines)
+            if give_up and open_pipes:
+                _let_go(proc, sel, hooks, handler)
+                break
     finally:
         sel.close()
+
+
+def _let_go(proc: subprocess.Popen[Any], sel: Any, hooks: Any, handler: Any) -> None:
+    """The child exited :data:`EXIT_GRACE` seconds ago and its pipes are still open: pass on the
+    last partial lines and stop reading (what a process left behind writes later is not kept)."""
+    for key in list(sel.get_map().values()):
+        pipe = key.data
+        sel.unregister(pipe.fd)
+        lines = pipe.splitter.finish()
+        if lines:
+            if handler is not None or pipe.prefix:
+                pipe.write_lines(lines, handler)
+            if hooks:
+                hooks.deliver(lines)
+        pipe.file.close()
+    _log.warning("command %s exited, but a process it started still holds its output open; not waiting for it "
+                 "(what it writes from now on is not captured)", _program(proc.args, {}))
 
 
 def run_and_forward(args: Args, log_hook: LogHook = None, *, echo: bool = True, prefix_stream: bool = False,

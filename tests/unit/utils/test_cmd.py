@@ -190,6 +190,24 @@ def test_a_final_line_without_newline_is_delivered():
         ["first", "last", "tail"], ["first", "tail", "last"], ["tail", "first", "last"])
 
 
+def test_a_process_left_behind_holding_the_pipes_is_not_waited_for(monkeypatch, caplog, tmp_path):
+    # The child exits at once; the background job it started keeps stdout open for 60 s. What
+    # was written before the exit and within the grace period arrives; then reading stops.
+    monkeypatch.setattr(cmd, "EXIT_GRACE", 1.0)
+    pid_file = tmp_path / "bg.pid"
+    script = f"echo started; (sleep 0.2; echo late; exec sleep 60) & echo $! > {pid_file}; exit 3"
+    t = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING, logger="ava.utils.cmd"):
+            code, lines = run(["sh", "-c", script])
+        assert time.monotonic() - t < 30
+        assert code == 3 and lines == ["started", "late"]
+        assert "a process it started still holds its output open" in caplog.text
+    finally:
+        if pid_file.exists():
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
 # -- hooks ----------------------------------------------------------------------------------
 
 
