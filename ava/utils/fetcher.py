@@ -420,7 +420,6 @@ class Fetcher:
             error (a ``tornado.httpclient.HTTPClientError`` carries ``.code`` and ``.response``).
             Asynchronous: an awaitable of that pair inside a running loop, else None.
         """
-        target = self.resolve_url(url, from_kodo)
         body = data
         if isinstance(data, dict):
             body = urlencode(data)
@@ -432,6 +431,10 @@ class Fetcher:
         validate = self._tls_verify()
 
         async def run() -> tuple[HTTPResponse | None, BaseException | None]:
+            try:
+                target = self.resolve_url(url, from_kodo)
+            except AvaError as exc:  # a URL it cannot fetch is a failure like any other: (None, err)
+                return None, exc
             small = self._client_here()
             attempt = retry
             while True:

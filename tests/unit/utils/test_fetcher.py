@@ -7,11 +7,12 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from ava.errors import ObjectNotFoundError, UsageError
+from ava.errors import AvaError, ObjectNotFoundError, UsageError
 from ava.utils.fetcher import (
     FetchError,
     Fetcher,
@@ -59,6 +60,26 @@ def test_fetch_returns_res_and_err(srv, fetcher):
     assert err is None and res.code == 200 and res.body == b"hello\n"
     res, err = fetcher.fetch(srv.url_for("missing"))
     assert res is None and err.code == 404
+
+
+@pytest.mark.parametrize("url", ["not a url", "ftp://host/x", "qiniu://"])
+def test_fetch_of_a_url_it_cannot_fetch_returns_the_error_too(fetcher, url):
+    res, err = fetcher.fetch(url)
+    assert res is None and isinstance(err, AvaError) and url in str(err)
+
+
+def test_async_fetch_hands_a_bad_url_to_the_callback():
+    f = Fetcher(_async=True)
+    got = []
+
+    def cb(res, err):
+        got.append((res, err))
+        f.stop_tornado_ioloop()
+
+    assert f.fetch("not a url", callback=cb) is None
+    f.start_tornado_ioloop()
+    f.close()
+    assert len(got) == 1 and got[0][0] is None and isinstance(got[0][1], UsageError)
 
 
 def test_fetch_retries_500s_only_when_asked(srv, fetcher):
