@@ -101,9 +101,7 @@ def initialize_logger(workdir: str | os.PathLike[str], node: str | None = None, 
     env = env or Env()
     config = Path(config_dir) if config_dir is not None else _config_dir_of(Path(workdir))
     refresh_secrets(env, config)
-    level = logging.DEBUG if debug else logging.getLevelName((env.log_level or "INFO").upper())
-    if not isinstance(level, int):
-        level = logging.INFO
+    level, problem = (logging.DEBUG, None) if debug else _level_of(env, "INFO")
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, _MANAGED, False):
@@ -127,6 +125,8 @@ def initialize_logger(workdir: str | os.PathLike[str], node: str | None = None, 
         root.addHandler(console_handler(level, formatter))
     if root.level == logging.NOTSET or root.level > level:
         root.setLevel(level)
+    if problem:
+        logger.warning("%s", problem)
     return logger
 
 
@@ -146,14 +146,29 @@ def initialize_console_logger(env: Env | None = None, default_level: str = "WARN
     root = logging.getLogger()
     if any(getattr(h, _MANAGED, False) for h in root.handlers):
         return None
-    level = logging.getLevelName((env.log_level or default_level).upper())
-    if not isinstance(level, int):
-        level = logging.getLevelName(default_level)
+    level, problem = _level_of(env, default_level)
     handler = console_handler(level, logging.Formatter(CONSOLE_FORMAT))
     root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > level:
         root.setLevel(level)
+    if problem:
+        logger.warning("%s", problem)
     return handler
+
+
+def _level_of(env: Env, default: str) -> tuple[int, str | None]:
+    """``AVA_LOG_LEVEL`` as a level (a name, or a number), else ``default`` and what was wrong."""
+    raw = env.log_level
+    if raw is None or not raw.strip():
+        return logging.getLevelName(default), None
+    text = raw.strip()
+    if text.isdigit():
+        return int(text), None
+    level = logging.getLevelName(text.upper())
+    if isinstance(level, int):
+        return level, None
+    return logging.getLevelName(default), (f"AVA_LOG_LEVEL={raw!r} is not a log level (DEBUG, INFO, WARNING, ERROR, "
+                                           f"CRITICAL or a number); logging at {default}")
 
 
 def run_log_handler() -> MultiProcessingLogHandler | None:

@@ -102,6 +102,27 @@ def test_log_level_from_environment(tmp_path):
     assert {h.level for h in ours} == {logging.WARNING}
 
 
+@pytest.mark.parametrize("raw, level", [("15", 15), (" debug ", logging.DEBUG), ("", logging.INFO)])
+def test_log_level_as_a_name_or_a_number(tmp_path, raw, level):
+    from ava.env import Env
+
+    initialize_logger(tmp_path, env=Env({"AVA_LOG_LEVEL": raw}))
+    ours = [h for h in logging.getLogger().handlers if getattr(h, "_ava_managed", False)]
+    assert {h.level for h in ours} == {level}
+
+
+def test_a_log_level_that_is_not_one_is_said_in_the_log(tmp_path):
+    from ava.env import Env
+
+    initialize_logger(tmp_path, env=Env({"AVA_LOG_LEVEL": "LOUD"}))
+    ours = [h for h in logging.getLogger().handlers if getattr(h, "_ava_managed", False)]
+    assert {h.level for h in ours} == {logging.INFO}
+    for h in ours:
+        h.flush()
+    text = (tmp_path / "run.log").read_text()
+    assert "AVA_LOG_LEVEL='LOUD' is not a log level" in text and "logging at INFO" in text
+
+
 def test_write_raw_sends_lines_unformatted_as_one_record(tmp_path):
     h = MultiProcessingLogHandler(tmp_path / "run.log")
     h.setFormatter(logging.Formatter("PREFIX %(message)s"))
