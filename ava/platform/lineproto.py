@@ -55,11 +55,26 @@ def _escape_measurement(value: str) -> str:
     return value.replace("\\", "\\\\").replace(",", "\\,").replace(" ", "\\ ")
 
 
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _as_float(value: int) -> float | str:
+    """An integer too large for a 64-bit field as a float; as its digits when not even that."""
+    try:
+        return float(value)
+    except OverflowError:
+        return str(value)
+
+
 def _field_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
-        return f"{value}i"
+        if _INT64_MIN <= value <= _INT64_MAX:
+            return f"{value}i"
+        value = _as_float(value)  # the line protocol's integers are 64-bit
+        if isinstance(value, float):
+            return repr(value)
     if isinstance(value, float):
         if math.isfinite(value):
             return repr(value)
@@ -145,7 +160,11 @@ class _Encoder:
             tags += f",net={net}"
         value = m["value"]
         if value[0] != '"' and value.lstrip("-").isdigit():
-            value += "i"
+            if len(value) < 19 or _INT64_MIN <= int(value) <= _INT64_MAX:
+                value += "i"
+            else:  # the line protocol's integers are 64-bit
+                big = _as_float(int(value))
+                value = repr(big) if isinstance(big, float) else '"' + big + '"'
         fields = f"value={value},seq={m['seq']}i"
         step = m["step"]
         if step != "null":

@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from ava.platform.lineproto import LineProtocolError, decode_line, encode_record, encode_records, measurement_for
+from ava.platform.lineproto import (LineProtocolError, decode_line, encode_json_lines, encode_record, encode_records,
+                                   measurement_for)
 
 
 def rec(**kw):
@@ -39,6 +40,22 @@ def test_unknown_tags_are_left_out():
 ])
 def test_every_numeric_type_is_encoded(value, wire):
     assert f" {wire}," in encode_record(rec(value=value), "r")
+
+
+@pytest.mark.parametrize("value, wire", [
+    (2**63, "value=9.223372036854776e+18"), (-(2**63) - 1, "value=-9.223372036854776e+18"),
+    (2**70, "value=1.1805916207174113e+21"), (-(2**63), f"value={-(2**63)}i"),
+    (10**400, 'value="1' + "0" * 400 + '"'),
+])
+def test_integers_beyond_64_bits_are_not_sent_as_integers(value, wire):
+    import json
+
+    from ava.metrics.sinks.jsonl import encode_line
+
+    assert f" {wire}," in encode_record(rec(value=value), "r")
+    line = encode_line(rec(value=value)).decode().rstrip("\n")
+    assert json.loads(line)["value"] == value  # the local record keeps the exact integer
+    assert f" {wire}," in encode_json_lines([line], "r").decode()  # delivery's own path
 
 
 @pytest.mark.parametrize("name", ["loss", "loss3/top-5", "a b,c=d", 'q"uote', "back\\slash", "准确率", "x" * 300])
