@@ -55,8 +55,9 @@ class LogMetricsHook:
 
     def __call__(self, line: str) -> None:
         records = self.parser.parse_line(line)
-        if self.snapshots is not None:
-            self.snapshots.take(records, line)
+        snapshots = self.snapshots
+        if snapshots is not None and (records or snapshots.waiting):
+            snapshots.take(records, line)
         if not records:
             return
         if len(records) == 1:
@@ -130,6 +131,11 @@ class SnapshotHook:
         if "napshot" not in line and "checkpoint" not in line and "Saved " not in line:
             return  # the cheap filter: only snapshot lines matter here
         self.take(self.parser.parse_line(line), None)
+
+    @property
+    def waiting(self) -> bool:
+        """A checkpoint is held until the next line (an MXNet ``.states`` may follow it)."""
+        return bool(self._at_next_line)
 
     def take(self, records: list[dict[str, Any]], line: str | None) -> None:
         """Act on the snapshot events among ``records`` (those of ``line``; None: already checked)."""
