@@ -116,10 +116,29 @@ def test_a_4xx_is_reported_once_and_keeps_the_records(ws, platform, caplog):
         ins.log_metrics({"loss": 1.0}, step=i)
     ins.done(timeout=2)
     refusals = [r for r in caplog.records if "refused" in r.getMessage()]
-    assert len(refusals) == 1 and "HTTP 400" in refusals[0].getMessage()
-    assert platform.faults.hits == 1
+    assert len(refusals) == 1 and "HTTP 400" in refusals[0].getMessage() and "stopping delivery" in refusals[0].getMessage()
+    # A few probes of smaller parts tell a server refusing everything from one bad record.
+    assert 1 < platform.faults.hits < 20
     assert len(list(iter_records(ins.metrics_path))) == 100
     assert not (ins.metrics_path.parent / "metrics.jsonl.http-offset").exists()
+    assert ins._http.skipped == 0
+
+
+def test_a_record_the_server_refuses_is_skipped_and_the_rest_delivered(ws, platform, caplog):
+    # A step beyond 64 bits is a fine JSON number in metrics.jsonl, but the server refuses it.
+    caplog.set_level(logging.WARNING, logger="ava.metrics.sinks.http")
+    ins = open_instance(ws, "poison", platform.url)
+    for i in range(100):
+        ins.log_metrics({"loss": 1.0}, step=2**63 if i == 37 else i)
+    ins.flush_metrics(10)
+    assert wait_for(lambda: len(stored(platform.db_path, "poison")) == 99)
+    ins.log_metrics({"loss": 0.5}, step=100)  # delivery goes on after it
+    ins.done(timeout=30)
+    assert stored(platform.db_path, "poison") == [(0, s) for s in range(101) if s != 37]
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "refused the record seq 37" in errors[0] and "metrics.jsonl" in errors[0]
+    assert ins._http.skipped == 1 and not ins._http.refused
+    assert [r["step"] for r in iter_records(ins.metrics_path)][37] == 2**63  # kept locally, exact
 
 
 def test_retry_after_is_honoured(ws, platform):

@@ -5,8 +5,11 @@ persisted offset (``metrics.jsonl.http-offset``), so an endpoint that is down fo
 loses nothing, and delivery resumes when the endpoint comes back or when the instance is
 resumed by a new process. Each batch is one POST of line protocol to
 ``<host>/v1/report/trainings/<id>/metric``; the offset moves only after a 2xx. Failures are
-retried with exponential backoff and full jitter (honouring ``Retry-After``); a 4xx other than
-408/429 is reported once and stops delivery for this process, the records staying on disk.
+retried with exponential backoff and full jitter (honouring ``Retry-After``). A batch refused
+as bad (400, 413, 422) is split in halves until the records the server refuses are found: each
+of those is skipped with an error naming its ``seq`` (it stays in ``metrics.jsonl``) and the rest
+is delivered, so one bad record never stops the others. Any other 4xx (authentication, a wrong
+URL) is reported once and stops delivery for this process, the records staying on disk.
 The training thread never waits on any of this.
 
 Example:
@@ -76,11 +79,27 @@ class _TLSConnection(_Timeouts, http.client.HTTPSConnection):
 class _Refused(Exception):
     """The server answered a 4xx that retrying will not fix."""
 
+    def __init__(self, why: str, status: int = 0) -> None:
+        super().__init__(why)
+        self.status = status
+
+
+_BAD_RECORDS = (400, 413, 422)  # refusals of what was sent, not of who sent it or where
+_ALL_REFUSED = 3  # single records refused, none accepted: the server refuses everything
+
 
 class _Retry(Exception):
     def __init__(self, why: str, retry_after: float | None = None) -> None:
         super().__init__(why)
         self.retry_after = retry_after
+
+
+def _seq_of(line: str) -> str:
+    """``seq N`` of a ``metrics.jsonl`` line, for messages (the line's head when it has none)."""
+    try:
+        return f"seq {json.loads(line)['seq']}"
+    except (ValueError, KeyError, TypeError):
+        return repr(line[:80])
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -139,6 +158,7 @@ class HttpSink(Sink):
         self.offset = self._load_offset()
         self.delivered = 0
         self.refused = False
+        self.skipped = 0  # records the server refused one by one (left out of delivery)
         self._failing_since: float | None = None
         self._last_fail_log = 0.0
         self._thread = threading.Thread(target=self._run, name="ava-metrics-http", daemon=True)
@@ -209,8 +229,8 @@ class HttpSink(Sink):
         atomic_write_text(self.offset_path, json.dumps({"offset": self.offset, "url": self.base_url}) + "\n",
                           mode=0o600)
 
-    def _prepare(self, offset: int) -> tuple[bytes, int, int] | None:
-        """(request body, lines in it, offset after them) for whole lines from ``offset``."""
+    def _prepare(self, offset: int) -> tuple[bytes, int, int, list[str]] | None:
+        """(request body, lines in it, offset after them, the lines) for whole lines from ``offset``."""
         try:
             with open(self.jsonl_path, "rb") as fh:
                 fh.seek(offset)
@@ -230,7 +250,7 @@ class HttpSink(Sink):
             body = encode_json_lines(text, self.instance_id)
         except ValueError:
             body = self._encode_skipping_bad(text, offset)
-        return body, len(lines), offset + size
+        return body, len(lines), offset + size, text
 
     def _encode_skipping_bad(self, lines: list[str], offset: int) -> bytes:
         parts = []
@@ -243,7 +263,7 @@ class HttpSink(Sink):
 
     def _run(self) -> None:
         attempt = 0
-        batch: tuple[bytes, int, int] | None = None
+        batch: tuple[bytes, int, int, list[str]] | None = None
         while not self._stop.is_set():
             if batch is None:
                 batch = self._prepare(self.offset)
@@ -251,14 +271,20 @@ class HttpSink(Sink):
                     self._wake.wait(0.5)
                     self._wake.clear()
                     continue
-            body, count, new_offset = batch
-            following: tuple[bytes, int, int] | None = None
+            body, count, new_offset, text = batch
+            following: tuple[bytes, int, int, list[str]] | None = None
             try:
                 if body:
                     self._send(body)
                     # Pipelining: read and encode the next batch while the server handles this one.
                     following = self._prepare(new_offset)
-                    self._receive()
+                    try:
+                        self._receive()
+                    except _Refused as exc:
+                        if exc.status not in _BAD_RECORDS:
+                            raise
+                        following = None
+                        self._deliver_isolating(text, exc)
             except _Refused as exc:
                 self.refused = True
                 log.error("the metric endpoint %s refused the records (%s); stopping delivery for this process, "
@@ -295,6 +321,45 @@ class HttpSink(Sink):
             with self._cond:
                 self._cond.notify_all()
 
+    def _deliver_isolating(self, lines: list[str], first: _Refused) -> None:
+        """Deliver ``lines`` in ever smaller parts after the server refused them together: a
+        single line it refuses is skipped with an error. When the first few single lines are all
+        refused and nothing was accepted, it is the server refusing everything, not a bad record:
+        ``first`` is raised (delivery stops, nothing is skipped). Raises what a part raises
+        otherwise (:class:`_Retry`: the whole batch is sent again later; the server drops the
+        duplicates)."""
+        log.warning("the metric endpoint %s refused a batch of %d records (%s); looking for the records it "
+                    "refuses", self.base_url, len(lines), first)
+        parts = [lines[: len(lines) // 2], lines[len(lines) // 2:]] if len(lines) > 1 else [lines]
+        accepted = 0
+        refused: list[str] = []
+        while parts:
+            part = parts.pop(0)
+            try:
+                body = encode_json_lines(part, self.instance_id) if part else b""
+            except ValueError:
+                body = self._encode_skipping_bad(part, self.offset)
+            if not body:
+                continue
+            try:
+                self._send(body)
+                self._receive()
+                accepted += len(part)
+            except _Refused as exc:
+                if exc.status not in _BAD_RECORDS:
+                    raise
+                if len(part) > 1:
+                    half = len(part) // 2
+                    parts[:0] = [part[:half], part[half:]]
+                    continue
+                refused.append(part[0])
+                if not accepted and len(refused) >= min(_ALL_REFUSED, len(lines)):
+                    raise first from None
+        for line in refused:
+            log.error("the metric endpoint %s refused the record %s; skipped, it stays in %s",
+                      self.base_url, _seq_of(line), self.jsonl_path)
+        self.skipped += len(refused)
+
     def _fail(self, exc: BaseException) -> _Retry:
         if self._conn is not None:
             self._conn.close()
@@ -327,4 +392,4 @@ class HttpSink(Sink):
         self._conn = None
         if resp.status in (408, 429) or resp.status >= 500:
             raise _Retry(f"HTTP {resp.status} {resp.reason}", _retry_after(resp.getheader("Retry-After")))
-        raise _Refused(f"HTTP {resp.status} {resp.reason}")
+        raise _Refused(f"HTTP {resp.status} {resp.reason}", resp.status)
