@@ -155,9 +155,9 @@ class MetricsWriter:
                 f"metrics cannot be logged from a forked child (pid {os.getpid()}); "
                 "log them from the process that opened the training instance"
             )
-        if self._surface is not None:
-            err, self._surface = self._surface, None
-            raise err
+        # An error of an earlier call (found on the writer thread) is raised here, after this
+        # call's own record is buffered: reporting it must not cost a good record.
+        surfaced, self._surface = self._surface, None
         with self._cond:
             if self._closing:
                 raise MetricsError("the metric writer is closed (done() was called); open a new TrainInstance")
@@ -170,6 +170,8 @@ class MetricsWriter:
             self._enqueued += 1
             if len(self._buf) == self._wake_at:
                 self._cond.notify_all()
+        if surfaced is not None:
+            raise surfaced
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything logged before this call is written; False on timeout."""
