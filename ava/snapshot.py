@@ -27,7 +27,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ava.errors import AvaError, ObjectNotFoundError, UsageError
 from ava.storage.base import join_url
@@ -86,7 +86,7 @@ class SnapshotUploader:
         names = [Path(p).name for p in paths]
         if len(set(names)) != len(names):
             raise UsageError(f"snapshot {key_prefix!r} has two files with the same name: {sorted(names)}")
-        entry = {"id": key_prefix, "files": paths, "meta": dict(meta or {}), "state": PENDING,
+        entry = {"id": key_prefix, "files": paths, "meta": _plain_meta(meta or {}, key_prefix), "state": PENDING,
                  "submitted": time.time()}
         with self._cond:
             self._snapshots.append(entry)
@@ -319,3 +319,23 @@ def read_latest(storage_url: str) -> str | None:
         return store.get_text(join_url(storage_url, LATEST)).strip() or None
     except ObjectNotFoundError:
         return None
+
+
+def _plain_meta(meta: Mapping[str, Any], snapshot: str) -> dict[str, Any]:
+    """``meta`` as plain JSON values (numpy and tensor scalars become numbers); a clear error,
+    on the caller's thread, for a value that is not one (the state file must stay writable)."""
+
+    def plain(value: Any) -> Any:
+        item = getattr(value, "item", None)
+        if callable(item):
+            try:
+                return item()
+            except (TypeError, ValueError):
+                pass
+        raise TypeError(f"{type(value).__name__} {value!r:.80}")
+
+    try:
+        return json.loads(json.dumps(dict(meta), default=plain, allow_nan=True))
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"snapshot {snapshot!r}: its meta must hold JSON values (numbers, strings, lists, dicts), "
+                         f"got {exc}") from None

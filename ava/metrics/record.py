@@ -17,7 +17,7 @@ import numbers
 import operator
 from typing import Any, Mapping
 
-from ava.errors import MetricsError
+from ava.errors import MetricsError, UsageError
 
 PHASES = ("train", "val", "test")
 _FAST_TYPES = (float, int)
@@ -86,6 +86,19 @@ def check_step(step: Any, what: str = "step") -> int | None:
         return operator.index(step)
     except TypeError:
         raise MetricsError(f"{what} must be an integer, got {step!r}") from None
+
+
+def check_epoch(epoch: Any) -> int:
+    """``epoch`` as a non-negative ``int`` (numpy and other integer types taken); else a clear error."""
+    if isinstance(epoch, bool):
+        raise UsageError(f"epoch must be a non-negative integer, got {epoch!r}")
+    try:
+        value = operator.index(epoch)
+    except TypeError:
+        raise UsageError(f"epoch must be a non-negative integer, got {epoch!r}") from None
+    if value < 0:
+        raise UsageError(f"epoch must be a non-negative integer, got {value}")
+    return value
 
 
 def nonfinite(value: float) -> str:

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from ava.errors import UsageError
+from ava.metrics.record import check_epoch
 from ava.utils import preempt
 from ava.monitor.mxnet import _as_dict, _Guard, _mx, _positive_int, optimizer_lr
 
@@ -368,6 +369,7 @@ class LoopMonitor:
 
         Returns the files written (none when this epoch is not saved).
         """
+        epoch = check_epoch(epoch)
         out: dict[str, Any] = {}
         for name, value in val_values.items():
             if hasattr(value, "get_name_value"):

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ava.errors import AvaError, ObjectNotFoundError, UsageError
+from ava.metrics.record import check_epoch
 from ava.snapshot import MANIFEST, read_latest
 from ava.storage.base import join_url
 from ava.storage.registry import get_storage
@@ -211,8 +212,7 @@ class TorchMonitor:
         Returns:
             The checkpoint written, or None (not a checkpoint epoch, or not rank 0).
         """
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise UsageError(f"epoch must be a non-negative integer, got {epoch!r}")
+        epoch = check_epoch(epoch)
         if val_metrics:
             self._ins.log_metrics(val_metrics, step=self.global_step, epoch=epoch, phase="val")
         path = None

@@ -153,3 +153,18 @@ def test_bad_prefixes_are_refused(tmp_path, prefix):
     with pytest.raises(UsageError):
         up.submit([tmp_path / "x"], prefix)
     up.close()
+
+
+def test_meta_of_numpy_numbers_is_kept_as_numbers_and_other_objects_are_refused(tmp_path):
+    import numpy as np
+
+    up = make(tmp_path)
+    up.submit([write(tmp_path / "out" / "a.params")], "epoch-0001", {"epoch": np.int64(0), "acc": np.float32(0.5),
+                                                                     "tags": ["x", np.int32(3)]})
+    with pytest.raises(UsageError, match="'epoch-0002': its meta must hold JSON values.*object"):
+        up.submit([write(tmp_path / "out" / "b.params")], "epoch-0002", {"net": object()})
+    assert up.wait(30)
+    up.close()
+    manifest = json.loads((tmp_path / "store" / "epoch-0001" / "MANIFEST.json").read_text())
+    assert manifest["meta"] == {"epoch": 0, "acc": 0.5, "tags": ["x", 3]}
+    assert up.status("epoch-0002") is None  # refused at the call: nothing queued

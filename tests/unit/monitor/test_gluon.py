@@ -218,6 +218,26 @@ def test_plain_loop_helper(ins):
     assert (Path(i.storage_url[len("file://"):]) / "snapshots" / "LATEST").read_text() == "epoch-0002"
 
 
+def test_plain_loop_takes_numpy_epochs_and_refuses_what_is_not_an_epoch(ins):
+    import numpy as np
+
+    from ava.errors import UsageError
+
+    i = ins()
+    train_dl, _ = loaders()
+    net = make_net()
+    trainer = make_trainer(net)
+    mon = gluon_monitor.LoopMonitor(i, batch_size=BATCH, log_every=4, trainer=trainer)
+    _train_epochs(net, trainer, mon, train_dl, [np.int64(e) for e in range(3)])
+    for bad in (-1, 2.5, "1", True):
+        with pytest.raises(UsageError, match="epoch must be a non-negative integer"):
+            mon.epoch_end(net, trainer, bad)
+    i.done()
+    snaps = Path(i.storage_url[len("file://"):]) / "snapshots"
+    assert (snaps / "LATEST").read_text() == "epoch-0003"
+    assert json.loads((snaps / "epoch-0003" / "MANIFEST.json").read_text())["meta"]["epoch"] == 2
+
+
 def _train_epochs(net, trainer, mon, train_dl, epochs):
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     for epoch in epochs:

@@ -246,12 +246,25 @@ def test_nan_loss_and_no_batch_size(workspace):
     assert not [r for r in recs if r["name"] == "samples"]
 
 
+def test_epoch_end_takes_a_numpy_epoch(workspace):
+    import numpy as np
+
+    ins = open_ins(workspace)
+    mon = torch_monitor.TorchMonitor(ins)
+    path = mon.epoch_end(make_model(), None, np.int64(0))
+    saved = torch.load(path, weights_only=False)
+    assert saved["epoch"] == 0 and type(saved["epoch"]) is int
+    ins.done()
+    assert mon.latest_checkpoint() is not None
+
+
 def test_bad_arguments(workspace):
     ins = open_ins(workspace)
     with pytest.raises(UsageError, match="log_every"):
         torch_monitor.TorchMonitor(ins, log_every=0)
-    with pytest.raises(UsageError, match="epoch"):
-        torch_monitor.TorchMonitor(ins).epoch_end(make_model(), None, -1)
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(UsageError, match="epoch must be a non-negative integer"):
+            torch_monitor.TorchMonitor(ins).epoch_end(make_model(), None, bad)
     with pytest.raises(UsageError, match="other_files"):
         ins.get_epoch_end_callback("torch", other_files=["x"])
     ins.done()
