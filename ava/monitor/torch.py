@@ -62,6 +62,7 @@ from ava.snapshot import MANIFEST, read_latest
 from ava.storage.base import join_url
 from ava.storage.registry import get_storage
 from ava.utils import preempt
+from ava.utils.fileio import new_file_mode
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +239,7 @@ class TorchMonitor:
         path = self.checkpoint_path(epoch)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, new_file_mode(path))
         os.close(fd)
         try:
             torch.save(state, tmp)

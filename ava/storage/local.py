@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ava.errors import ObjectNotFoundError, StorageError
 from ava.storage.base import ObjectInfo, Storage
-from ava.utils.fileio import fsync_dir
+from ava.utils.fileio import fsync_dir, new_file_mode
 
 _CHUNK = 1 << 20
 
@@ -49,6 +49,7 @@ class LocalStorage(Storage):
             raise StorageError(f"{src} is a directory; upload files one by one (or use upload_tree)")
         dst.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
+        os.fchmod(fd, new_file_mode(dst))
         try:
             with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
                 shutil.copyfileobj(inp, out, _CHUNK)

@@ -56,7 +56,7 @@ from ava.env import AVA_ACCESS_KEY, AVA_SECRET_KEY, Env
 from ava.errors import AvaError, ObjectNotFoundError, StorageError, UsageError
 from ava.log.redact import redact, register_secret
 from ava.storage.base import ObjectInfo, Storage, split_bucket_url, split_object_url, upload_source
-from ava.utils.fileio import atomic_write_text, fsync_dir
+from ava.utils.fileio import atomic_write_text, fsync_dir, new_file_mode
 from ava.utils.tls import tls_verify, warn_plain_http
 
 #: imported by the registry before the backend is made (see ava.storage.registry)
@@ -468,6 +468,7 @@ class QiniuStorage(Storage):
         try:
             local.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".part", dir=local.parent)
+            os.fchmod(fd, new_file_mode(local))
         except OSError as exc:
             raise StorageError(f"cannot download {url} to {local}: {exc.strerror or exc}") from None
         try:

@@ -23,6 +23,7 @@ from tornado.httputil import HTTPHeaders
 
 from ava.errors import StorageError
 from ava.utils._fetch_names import redact
+from ava.utils.fileio import new_file_mode
 
 ProgressCallback = Callable[[int, "int | None"], None]
 
@@ -185,6 +186,7 @@ class _Transfer:
         self.progress = progress
         self.verify = verify
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        os.fchmod(fd, new_file_mode(target))
         self.fd: int | None = fd
         self.tmp = Path(tmp)
         self.offset = 0

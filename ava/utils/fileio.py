@@ -29,6 +29,37 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_umask: int | None = None
+
+
+def current_umask() -> int:
+    """The process's umask (read from /proc where it can be, without changing it)."""
+    global _umask
+    if _umask is None:
+        try:
+            with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+                for line in fh:
+                    if line.startswith("Umask:"):
+                        _umask = int(line.split()[1], 8)
+                        break
+        except (OSError, ValueError, IndexError):
+            pass
+        if _umask is None:
+            _umask = os.umask(0o022)  # no /proc: read it the only other way, and put it back
+            os.umask(_umask)
+    return _umask
+
+
+def new_file_mode(target: Path | str) -> int:
+    """The mode a file written to ``target`` through a temporary file should get: the mode of
+    the file it replaces, else what ``open()`` would give it (0666 less the umask). Temporary
+    files are created 0600, and a download or an upload's copy should not stay that way."""
+    try:
+        return os.stat(target).st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~current_umask()
+
+
 def atomic_write_bytes(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix.
 

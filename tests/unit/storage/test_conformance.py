@@ -186,6 +186,23 @@ def test_round_trip_small_multipart_and_empty(backend, tmp_path):
     assert leftovers(tmp_path / "back") == ["empty.bin", "large.bin", "small.bin"]
 
 
+def test_downloaded_files_get_the_mode_open_would_give_and_keep_a_replaced_files_mode(backend, tmp_path):
+    from ava.utils.fileio import current_umask
+
+    src = write(tmp_path / "src" / "m.bin", 1000)
+    url = join_url(backend.base, "mode", "m.bin")
+    backend.store.upload(src, url)
+    new = backend.store.download(url, tmp_path / "back" / "m.bin")
+    assert new.stat().st_mode & 0o777 == 0o666 & ~current_umask()
+    old = tmp_path / "back" / "old.bin"
+    old.write_bytes(b"x")
+    old.chmod(0o640)
+    backend.store.download(url, old)
+    assert old.stat().st_mode & 0o777 == 0o640 and old.read_bytes() == src.read_bytes()
+    if backend.name == "file":  # the stored copy itself is a file too
+        assert Path(backend.store.path_of(url)).stat().st_mode & 0o777 == 0o666 & ~current_umask()
+
+
 def test_stat_reports_size_and_the_backends_hash(backend, tmp_path):
     src = write(tmp_path / "a.bin", 4321)
     url = join_url(backend.base, "a.bin")

@@ -150,6 +150,18 @@ def test_small_download_with_progress(srv, fetcher, tmp_path):
     assert leftovers(out.parent) == []
 
 
+def test_a_download_gets_the_mode_open_would_give_or_keeps_the_replaced_files(srv, fetcher, tmp_path):
+    from ava.utils.fileio import current_umask
+
+    out = fetcher.fetch_huge_file(srv.url_for("a.bin"), tmp_path / "new.bin")
+    assert out.stat().st_mode & 0o777 == 0o666 & ~current_umask()
+    old = tmp_path / "old.bin"
+    old.write_bytes(b"x")
+    old.chmod(0o604)
+    fetcher.fetch_huge_file(srv.url_for("a.bin"), old)
+    assert old.stat().st_mode & 0o777 == 0o604 and old.stat().st_size == SIZE
+
+
 def test_resumes_with_range_after_dropped_connections(srv, fetcher, tmp_path):
     srv.faults.drop_after, srv.faults.drop_count = 70_000, 3
     out = fetcher.fetch_huge_file(srv.url_for("a.bin"), tmp_path / "a.bin")
