@@ -49,13 +49,21 @@ def local_files(local_dir: Path) -> list[tuple[Path, str]]:
 
 
 def _run_parallel(jobs: Iterable[Callable[[], T]], parallelism: int) -> list[T]:
-    """Run ``jobs`` on a pool; on the first failure cancel what has not started and raise it."""
+    """Run ``jobs`` on a pool; on the first failure (or an interrupt) cancel what has not
+    started and raise it: only the files in flight are finished, each complete or not at all."""
     jobs = list(jobs)
     if not jobs:
         return []
     with ThreadPoolExecutor(max_workers=max(1, min(parallelism, len(jobs))), thread_name_prefix="ava-tree") as pool:
         futures: list[Future[T]] = [pool.submit(job) for job in jobs]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        try:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        except BaseException:  # Ctrl-C: the files not started are dropped, those in flight finish
+            for f in futures:
+                f.cancel()
+            log.warning("interrupted: finishing the %d files in flight, skipping the rest",
+                        sum(1 for f in futures if f.running()))
+            raise
         failed = next((f for f in futures if f.done() and not f.cancelled() and f.exception() is not None), None)
         if failed is not None:
             for f in futures:

@@ -48,3 +48,36 @@ def test_unknown_scheme_lists_known_ones():
 def test_relative_file_url_is_refused():
     with pytest.raises(StorageError, match="not an absolute file:// URL"):
         get_storage("file://relative/x").stat("file://relative/x")
+
+
+def test_an_interrupted_tree_upload_stops_after_the_files_in_flight(tmp_path, store_url):
+    import os
+    import signal
+    import threading
+    import time
+
+    from ava.storage.local import LocalStorage
+    from ava.storage.tree import upload_tree
+
+    class Slow(LocalStorage):
+        started = 0
+
+        def upload(self, local, url):
+            Slow.started += 1
+            time.sleep(0.1)
+            return super().upload(local, url)
+
+    src = tmp_path / "tree"
+    src.mkdir()
+    for i in range(60):
+        (src / f"f{i:02d}.bin").write_bytes(b"x" * 100)
+    timer = threading.Timer(0.35, os.kill, (os.getpid(), signal.SIGINT))  # a real Ctrl-C
+    timer.start()
+    t = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        upload_tree(src, join_url(store_url, "t"), parallelism=2, storage=Slow())
+    timer.cancel()
+    assert time.monotonic() - t < 2.0  # all 60 would take 3 s
+    stored = sorted(p.name for p in (tmp_path / "bucket" / "t").iterdir() if not p.name.startswith("."))
+    assert 2 <= len(stored) == Slow.started < 20
+    assert all((tmp_path / "bucket" / "t" / n).read_bytes() == b"x" * 100 for n in stored)  # each whole
