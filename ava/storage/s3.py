@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ava.env import AVA_S3_ENDPOINT, Env
-from ava.errors import ObjectNotFoundError, StorageError, UsageError
+from ava.errors import AvaError, ConfigError, ObjectNotFoundError, StorageError, UsageError
 from ava.log.redact import register_secret
 from ava.storage.base import ObjectInfo, Storage, split_bucket_url, split_object_url, upload_source
 from ava.utils.fileio import fsync_dir, new_file_mode
@@ -188,23 +188,40 @@ class S3Storage(Storage):
             import boto3
             from botocore.config import Config
 
-            session = boto3.session.Session()
-            credentials = session.get_credentials()
-            if credentials is None:
-                raise StorageError(f"no S3 credentials for {url}: {_CREDENTIALS_HINT}")
-            frozen = credentials.get_frozen_credentials()
-            register_secret(frozen.secret_key)
-            register_secret(frozen.token)
-            warn_plain_http(endpoint, f"the S3 endpoint in {AVA_S3_ENDPOINT}")
-            # Retries stay boto3's own (AWS_MAX_ATTEMPTS / AWS_RETRY_MODE); only the pool grows so
-            # that parallel tree transfers of multipart files do not queue for connections.
-            config = Config(max_pool_connections=max(32, self.max_concurrency))
-            # verify=None keeps boto3's own choice (AWS_CA_BUNDLE or the bundled CAs); only the
-            # named opt-out turns checks off.
-            self._client = session.client("s3", endpoint_url=endpoint, region_name=session.region_name or "us-east-1",
-                                          config=config, verify=None if tls_verify(self._env) else False)
+            try:
+                self._client = self._make_client(boto3, Config, endpoint, url)
+            except StorageError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - boto3's set-up errors are settings, said in one line
+                raise self._setup_error(exc, url) from None
             self._client_endpoint = endpoint
             return self._client
+
+    def _make_client(self, boto3: Any, config_cls: Any, endpoint: str | None, url: str) -> Any:
+        session = boto3.session.Session()
+        credentials = session.get_credentials()
+        if credentials is None:
+            raise StorageError(f"no S3 credentials for {url}: {_CREDENTIALS_HINT}")
+        frozen = credentials.get_frozen_credentials()
+        register_secret(frozen.secret_key)
+        register_secret(frozen.token)
+        warn_plain_http(endpoint, f"the S3 endpoint in {AVA_S3_ENDPOINT}")
+        # Retries stay boto3's own (AWS_MAX_ATTEMPTS / AWS_RETRY_MODE); only the pool grows so
+        # that parallel tree transfers of multipart files do not queue for connections.
+        config = config_cls(max_pool_connections=max(32, self.max_concurrency))
+        # verify=None keeps boto3's own choice (AWS_CA_BUNDLE or the bundled CAs); only the
+        # named opt-out turns checks off.
+        return session.client("s3", endpoint_url=endpoint, region_name=session.region_name or "us-east-1",
+                              config=config, verify=None if tls_verify(self._env) else False)
+
+    def _setup_error(self, exc: BaseException, url: str) -> AvaError:
+        """A one-line :class:`ConfigError` for a boto3 client that cannot be made (bad settings)."""
+        from botocore.exceptions import PartialCredentialsError
+
+        if isinstance(exc, PartialCredentialsError):
+            return StorageError(f"no S3 credentials for {url}: {_CREDENTIALS_HINT} ({exc})")
+        return ConfigError(f"cannot set up S3 for {url}: {type(exc).__name__}: {exc}; check {AVA_S3_ENDPOINT} "
+                           "and the AWS_* settings (AWS_PROFILE, AWS_DEFAULT_REGION, AWS_MAX_ATTEMPTS, ...)")
 
     # --- errors ----------------------------------------------------------------------------
     def _error(self, exc: BaseException, url: str, what: str) -> StorageError:

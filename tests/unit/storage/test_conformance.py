@@ -420,6 +420,34 @@ def test_s3_without_credentials_names_the_variables(monkeypatch, moto_endpoint, 
         get_storage("s3://b/k").stat("s3://b/k")
 
 
+@pytest.mark.parametrize("name, value, said", [
+    ("AWS_PROFILE", "nosuch", "ProfileNotFound"),
+    ("AVA_S3_ENDPOINT", "not-a-url", "Invalid endpoint: not-a-url"),
+    ("AWS_MAX_ATTEMPTS", "abc", "'abc'"),
+    ("AWS_DEFAULT_REGION", "bad region!", "bad region!"),
+])
+def test_s3_settings_boto3_cannot_use_are_one_config_error(monkeypatch, moto_endpoint, tmp_path, name, value, said):
+    from ava.errors import ConfigError
+
+    use_backends(monkeypatch)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "b")
+    monkeypatch.setenv("AVA_S3_ENDPOINT", moto_endpoint)
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match="cannot set up S3 for s3://b/k: ") as info:
+        get_storage("s3://b/k").stat("s3://b/k")
+    assert said in str(info.value) and "\n" not in str(info.value)
+
+
+def test_s3_partial_credentials_name_the_missing_variable(monkeypatch, moto_endpoint):
+    use_backends(monkeypatch)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "a")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    monkeypatch.setenv("AVA_S3_ENDPOINT", moto_endpoint)
+    with pytest.raises(StorageError, match="no S3 credentials for s3://b/k.*missing: AWS_SECRET_ACCESS_KEY"):
+        get_storage("s3://b/k").stat("s3://b/k")
+
+
 def test_s3_upload_checks_the_stored_checksum(monkeypatch, moto_endpoint, tmp_path):
     use_backends(monkeypatch)
     s3_env(monkeypatch, moto_endpoint)
