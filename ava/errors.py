@@ -104,5 +104,9 @@ class StorageError(AvaError, OSError):
     """A storage backend failed (the message names the URL and what to do)."""
 
 
+class StorageURLError(StorageError, UsageError):
+    """A storage URL of the wrong shape (no bucket, no key, a relative path): bad input."""
+
+
 class ObjectNotFoundError(StorageError, FileNotFoundError):
     """No object (or file) at that storage URL."""

@@ -183,10 +183,12 @@ def _fetch_storage(args: argparse.Namespace, progress: _Progress) -> tuple[int, 
 
     url = args.url
     store = get_storage(url)
-    try:
-        info = store.stat(url)
-    except ObjectNotFoundError:
-        info = None
+    info = None
+    if not _names_a_tree_only(url):
+        try:
+            info = store.stat(url)
+        except ObjectNotFoundError:
+            pass
     if info is not None:
         target = _into(args.dest, url.rstrip("/").rpartition("/")[2])
         progress.set_total(info.size)
@@ -213,6 +215,15 @@ def _fetch_storage(args: argparse.Namespace, progress: _Progress) -> tuple[int, 
 
     files, nbytes, seconds = _timed(tree)
     return files, nbytes, seconds, dest
+
+
+def _names_a_tree_only(url: str) -> bool:
+    """``s3://bucket``, ``s3://bucket/prefix/``: no object can have that name, only a tree."""
+    from ava.storage.registry import scheme_of
+
+    if scheme_of(url) not in ("s3", "qiniu"):
+        return False
+    return url.endswith("/") or "/" not in url.partition("://")[2]
 
 
 def _check_parallel(args: argparse.Namespace) -> None:

@@ -89,24 +89,24 @@ def join_url(base: str, *parts: str) -> str:
 
 def split_bucket_url(url: str, scheme: str) -> tuple[str, str]:
     """``<scheme>://bucket/key`` -> ``("bucket", "key")`` (the key may be empty)."""
-    from ava.errors import StorageError, UsageError
+    from ava.errors import StorageURLError
 
     prefix = f"{scheme}://"
     if not url.startswith(prefix):
-        raise UsageError(f"{url!r} is not a {prefix} URL; write {prefix}bucket/key")
+        raise StorageURLError(f"{url!r} is not a {prefix} URL; write {prefix}bucket/key")
     bucket, _, key = url[len(prefix):].partition("/")
     if not bucket:
-        raise StorageError(f"{url!r} names no bucket; write {prefix}bucket/key")
+        raise StorageURLError(f"{url!r} names no bucket; write {prefix}bucket/key")
     return bucket, key
 
 
 def split_object_url(url: str, scheme: str) -> tuple[str, str]:
     """Like :func:`split_bucket_url`, for a URL that must name one object."""
-    from ava.errors import StorageError
+    from ava.errors import StorageURLError
 
     bucket, key = split_bucket_url(url, scheme)
     if not key or key.endswith("/"):
-        raise StorageError(f"{url!r} names no object (the key is empty or ends with '/'); "
+        raise StorageURLError(f"{url!r} names no object (the key is empty or ends with '/'); "
                            f"write {scheme}://bucket/key")
     return bucket, key
 

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ava.errors import ObjectNotFoundError, StorageError
+from ava.errors import ObjectNotFoundError, StorageError, StorageURLError
 from ava.storage.base import ObjectInfo, Storage
 from ava.utils.fileio import fsync_dir, new_file_mode
 
@@ -37,7 +37,7 @@ class LocalStorage(Storage):
         if url.startswith("file://"):
             rest = url[len("file://"):]
             if not rest.startswith("/"):
-                raise StorageError(f"{url!r} is not an absolute file:// URL; write file:///absolute/path")
+                raise StorageURLError(f"{url!r} is not an absolute file:// URL; write file:///absolute/path")
             return Path(rest)
         return Path(url).absolute()
 

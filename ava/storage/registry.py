@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 from ava.errors import UsageError
-from ava.storage.base import Storage
+from ava.storage.base import Storage, split_bucket_url
 
 #: scheme -> (dotted class path, install hint)
 BACKENDS: dict[str, tuple[str, str]] = {
@@ -26,6 +26,24 @@ _instances: dict[str, Storage] = {}
 def scheme_of(url: str) -> str:
     head, sep, _ = url.partition("://")
     return head.lower() if sep else "file"
+
+
+def check_storage_url(url: str) -> str:
+    """``url`` when it can name a storage location (known scheme, a bucket for s3/qiniu, an
+    absolute path for file); else :class:`~ava.errors.StorageURLError` saying what is wrong.
+    Imports no backend."""
+    from ava.errors import StorageURLError
+
+    scheme = scheme_of(url)
+    if scheme not in BACKENDS:
+        raise StorageURLError(f"unknown storage scheme {scheme!r} in {url!r}; known: {', '.join(sorted(BACKENDS))}")
+    if scheme == "file":
+        path = url[len("file://"):] if url.startswith("file://") else url
+        if not path.startswith("/"):
+            raise StorageURLError(f"{url!r} is not an absolute path; write file:///absolute/path")
+    elif scheme in ("s3", "qiniu"):
+        split_bucket_url(url, scheme)
+    return url
 
 
 def get_storage(url: str, **options: Any) -> Storage:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ava.env import AVA_S3_ENDPOINT, Env
-from ava.errors import AvaError, ConfigError, ObjectNotFoundError, StorageError, UsageError
+from ava.errors import AvaError, ConfigError, ObjectNotFoundError, StorageError, StorageURLError, UsageError
 from ava.log.redact import register_secret
 from ava.storage.base import ObjectInfo, Storage, split_bucket_url, split_object_url, upload_source
 from ava.utils.fileio import fsync_dir, new_file_mode
@@ -227,7 +227,7 @@ class S3Storage(Storage):
     def _error(self, exc: BaseException, url: str, what: str) -> StorageError:
         """One-line :class:`StorageError` (or :class:`ObjectNotFoundError`) for a boto3 failure."""
         from botocore.exceptions import (BotoCoreError, ClientError, EndpointConnectionError,
-                                         NoCredentialsError, PartialCredentialsError)
+                                         NoCredentialsError, ParamValidationError, PartialCredentialsError)
 
         seen: BaseException | None = exc
         client_error: ClientError | None = None
@@ -240,6 +240,12 @@ class S3Storage(Storage):
         if any(isinstance(e, (NoCredentialsError, PartialCredentialsError)) for e in chain):
             return StorageError(f"no S3 credentials for {url}: {_CREDENTIALS_HINT}")
         bucket = self.split(url)[0]
+        invalid = next((e for e in chain if isinstance(e, ParamValidationError)), None)
+        if invalid is not None:  # boto3 refused the request before sending it: the URL is wrong
+            if "Invalid bucket name" in str(invalid):
+                return StorageURLError(f"{bucket!r} in {url} is not a valid S3 bucket name (3-63 lowercase letters, "
+                                       "digits, '.' and '-')")
+            return StorageURLError(f"{what} {url} refused: {' '.join(str(invalid).split())[:200]}")
         if client_error is not None:
             err = client_error.response.get("Error", {})
             code = str(err.get("Code", ""))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ava.env import Env
-from ava.errors import AvaError, InstanceError, UsageError
+from ava.errors import AvaError, ConfigError, InstanceError, UsageError
 from ava.log.logger import initialize_logger
 from ava.metrics.sinks.base import Sink
 from ava.metrics.sinks.http import HttpSink
@@ -38,6 +38,7 @@ from ava.monitor import FRAMEWORKS
 from ava.params.params import Params
 from ava.snapshot import SnapshotUploader, has_pending
 from ava.storage.base import join_url
+from ava.storage.registry import check_storage_url
 from ava.train.distributed import missing_id_message, shared_instance_id
 from ava.train.ids import check_instance_id, new_instance_id  # noqa: F401 - old names, kept here
 from ava.train.platform_link import PlatformLink
@@ -111,6 +112,11 @@ class TrainInstance:
         # run directory, no status.json and no lock behind.
         done_timeout = self._env.done_timeout
         preempt_timeout = self._env.preempt_timeout
+        if self._env.storage_url:
+            try:
+                check_storage_url(self._env.storage_url)
+            except AvaError as exc:
+                raise ConfigError(f"AVA_STORAGE_URL: {exc}") from None
         if isinstance(workspace, Workspace):
             self.workspace = workspace
         elif workspace is not None:

@@ -143,5 +143,15 @@ def test_upload_and_fetch_a_tree_through_qiniu(ava, tmp_path, monkeypatch):
         assert summary(out).group(2, 3) == ("2", "7,000")
         code, out, err = ava("fetch", "qiniu://models/run1/sub/b.bin", str(tmp_path / "one.bin"))
         assert code == 0, err
+        code, out, err = ava("fetch", "qiniu://models/run1/", str(tmp_path / "slash"))  # a prefix, written as one
+        assert code == 0 and summary(out).group(2, 3) == ("2", "7,000"), err
+        code, out, err = ava("fetch", "qiniu://models", str(tmp_path / "bucket"))  # the whole bucket
+        assert code == 0 and summary(out).group(2, 3) == ("2", "7,000"), err
+        assert (tmp_path / "bucket/run1/sub/b.bin").read_bytes() == (src / "sub/b.bin").read_bytes()
+        assert (tmp_path / "slash/sub/b.bin").read_bytes() == (src / "sub/b.bin").read_bytes()
+        for args in (("upload", str(src / "a.bin"), "qiniu:///key"), ("upload", str(src / "a.bin"), "qiniu://models"),
+                     ("upload", str(src), "file://relative/path")):
+            code, _, err = ava(*args)
+            assert code == 2 and err.count("\n") == 1, (args, err)
     assert (tmp_path / "back/sub/b.bin").read_bytes() == (src / "sub/b.bin").read_bytes()
     assert (tmp_path / "one.bin").read_bytes() == (src / "sub/b.bin").read_bytes()

@@ -280,3 +280,16 @@ def test_a_constructor_failing_after_the_status_is_written_leaves_it_failed_and_
     ins = open_instance(ws, "half")  # the metrics file's lock was released
     assert status(ins)["history"][0]["status"] == "failed"
     ins.done()
+
+
+@pytest.mark.parametrize("url, said", [
+    ("s3://", "names no bucket"), ("s3:///p", "names no bucket"), ("qiniu://", "names no bucket"),
+    ("ftp://x/y", "unknown storage scheme 'ftp'"), ("file://relative", "is not an absolute path"),
+    ("relative/dir", "is not an absolute path"),
+])
+def test_a_storage_url_that_cannot_be_one_fails_the_constructor(ws, url, said):
+    from ava.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"AVA_STORAGE_URL: .*{said}"):
+        open_instance(ws, "bad-storage", env={"AVA_STORAGE_URL": url})
+    assert not (ws.root / "run" / "bad-storage" / "status.json").exists()
