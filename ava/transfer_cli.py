@@ -167,6 +167,8 @@ def _fetch_http(args: argparse.Namespace, env: Env, progress: _Progress) -> tupl
     except ImportError as exc:
         raise UsageError(f"fetching http(s) URLs needs tornado: pip install 'ava-sdk[platform]' ({exc})") from None
 
+    if not urlsplit(args.url).hostname:
+        raise UsageError(f"{_redact(args.url)} names no host; write {urlsplit(args.url).scheme}://host/path")
     name = unquote(urlsplit(args.url).path).rpartition("/")[2]
     if not name and (args.dest.endswith("/") or Path(args.dest).is_dir()):
         raise UsageError(f"cannot take a file name from {_redact(args.url)}; give DEST as a file path")
@@ -206,6 +208,8 @@ def _fetch_storage(args: argparse.Namespace, progress: _Progress) -> tuple[int, 
     listed = [i for i in store.list(prefix) if i.url.startswith(prefix)]
     if not listed:  # before download_tree, which would create DEST
         raise ObjectNotFoundError(f"no object at {url} and none under {prefix}")
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"{dest} is a file; {url} is a tree of {len(listed)} objects and needs a directory")
     progress.set_total(sum(i.size for i in listed))
 
     def tree() -> tuple[int, int]:

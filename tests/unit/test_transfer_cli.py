@@ -76,6 +76,13 @@ def test_bad_input_exits_2_with_one_line(ava, tmp_path):
     code, _, err = ava("fetch", f"file://{tmp_path}/store/nothing", str(tmp_path / "x"))
     assert code == 2 and "no object at" in err
     assert not (tmp_path / "x").exists()
+    code, _, err = ava("fetch", "http:///x", str(tmp_path / "x"))
+    assert code == 2 and "names no host" in err and err.count("\n") == 1
+    (tmp_path / "store" / "tree").mkdir(parents=True)
+    (tmp_path / "store" / "tree" / "a.txt").write_text("a")
+    (tmp_path / "file.txt").write_text("mine")
+    code, _, err = ava("fetch", f"file://{tmp_path}/store/tree", str(tmp_path / "file.txt"))
+    assert code == 2 and "is a file" in err and (tmp_path / "file.txt").read_text() == "mine"
 
 
 @pytest.fixture
