@@ -13,6 +13,7 @@ import argparse
 import datetime as _dt
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -59,15 +60,19 @@ def _tail_records(path: Path) -> Iterator[dict[str, Any]]:
     for raw in reversed(lines[:-1]):
         if raw.strip():
             try:
-                yield json.loads(raw)
+                rec = json.loads(raw)
             except ValueError:
                 continue
+            if isinstance(rec, dict):
+                yield rec
 
 
 def summarize(run_dir: Path) -> RunSummary:
     try:
         doc = json.loads((run_dir / "status.json").read_text())
     except (OSError, ValueError):
+        doc = {}
+    if not isinstance(doc, dict):  # valid JSON, but not a status document
         doc = {}
     start, stop = _parse_time(doc.get("start_time")), _parse_time(doc.get("stop_time"))
     if start is not None and stop is None and doc.get("status") == "running":
@@ -82,7 +87,9 @@ def summarize(run_dir: Path) -> RunSummary:
             last_loss = rec["value"]
         if last_step is not None and last_loss is not None:
             break
-    return RunSummary(run_dir.name, doc.get("status", "unknown"), doc.get("start_time"),
+    status = doc.get("status")
+    return RunSummary(run_dir.name, status if isinstance(status, str) else "unknown",
+                      doc.get("start_time") if isinstance(doc.get("start_time"), str) else None,
                       (stop - start).total_seconds() if start and stop else None, last_step, last_loss)
 
 
@@ -92,14 +99,48 @@ def list_runs(ws: Workspace) -> list[RunSummary]:
     return [summarize(d) for d in sorted(ws.runs_dir.iterdir()) if d.is_dir()]
 
 
+class MetricLines:
+    """The metric records of a ``metrics.jsonl`` (events left out), skipping what is not one: a
+    line that is not JSON, not an object, or has no name or value (a torn last line is not
+    counted). ``skipped`` counts them, for one note after reading."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.skipped = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            fh = open(self.path, "rb")
+        except FileNotFoundError:
+            return
+        with fh:
+            for raw in fh:
+                if not raw.endswith(b"\n") or not raw.strip():
+                    continue  # the line being written, or a blank one
+                try:
+                    rec = json.loads(raw)
+                except ValueError:
+                    rec = None
+                if not isinstance(rec, dict) or "event" in rec:
+                    self.skipped += rec is None or not isinstance(rec, dict)
+                    continue
+                if not isinstance(rec.get("name"), str) or "value" not in rec:
+                    self.skipped += 1
+                    continue
+                yield rec
+
+    def note(self) -> None:
+        if self.skipped:
+            print(f"ava: skipped {self.skipped} line(s) of {self.path} that are not metric records", file=sys.stderr)
+
+
 def last_values(path: Path) -> dict[tuple[str, str], tuple[int | None, Any]]:
     """(phase, name) -> (step, value) of the last record of each metric."""
-    from ava.metrics.sinks.jsonl import iter_records  # the metrics package: only when reading
-
+    lines = MetricLines(path)
     out: dict[tuple[str, str], tuple[int | None, Any]] = {}
-    for rec in iter_records(path):
-        if "event" not in rec:
-            out[(rec.get("phase") or "train", rec["name"])] = (rec.get("step"), rec["value"])
+    for rec in lines:
+        out[(str(rec.get("phase") or "train"), rec["name"])] = (rec.get("step"), rec["value"])
+    lines.note()
     return out
 
 
@@ -107,19 +148,26 @@ def plot(path: Path, out: Path) -> int:
     """Draw each metric against step (train, val and test on the same axes); returns the panel count."""
     import matplotlib
 
-    from ava.metrics.sinks.jsonl import iter_records
-
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist: this run has recorded no metrics to plot")
     series: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
-    for rec in iter_records(path):
-        if "event" in rec or rec.get("step") is None:
+    lines = MetricLines(path)
+    for rec in lines:
+        step, raw = rec.get("step"), rec["value"]
+        if type(step) is not int or isinstance(raw, bool):
             continue
-        value = float(rec["value"])  # "nan"/"inf" strings parse as floats too
-        xs, ys = series.setdefault(rec["name"], {}).setdefault(rec.get("phase") or "train", ([], []))
-        xs.append(rec["step"])
+        try:
+            value = float(raw)  # "nan"/"inf" strings parse as floats too
+        except (TypeError, ValueError):
+            lines.skipped += 1
+            continue
+        xs, ys = series.setdefault(rec["name"], {}).setdefault(str(rec.get("phase") or "train"), ([], []))
+        xs.append(step)
         ys.append(value)
+    lines.note()
     if not series:
         raise UsageError(f"{path} holds no metrics to plot")
     names = sorted(series)
@@ -136,9 +184,32 @@ def plot(path: Path, out: Path) -> int:
     for ax in list(axes.flat)[len(names):]:
         ax.set_visible(False)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(out, dpi=100)
+    except OSError as exc:
+        raise UsageError(f"cannot write the plot to {out}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
     return len(names)
+
+
+def plot_target(text: str) -> Path:
+    """Where ``--plot`` writes: the path given, ``.png`` added when it has no suffix; a clear
+    error for a directory, a missing directory or a format matplotlib cannot write."""
+    out = Path(text)
+    if out.is_dir():
+        raise UsageError(f"--plot {text}: is a directory; give a file name such as {out / 'metrics.png'}")
+    if not out.suffix:
+        out = out.with_name(out.name + ".png")
+    if not out.parent.is_dir():
+        raise UsageError(f"--plot {text}: directory {out.parent} does not exist")
+    from matplotlib.figure import Figure
+
+    formats = Figure().canvas.get_supported_filetypes()
+    if out.suffix[1:].lower() not in formats:
+        raise UsageError(f"--plot {text}: cannot write {out.suffix} files; use one of "
+                         f"{', '.join('.' + f for f in sorted(formats))}")
+    return out
 
 
 def _fmt(value: Any) -> str:
@@ -163,19 +234,22 @@ def _cmd_list(args: argparse.Namespace, ws: Workspace) -> int:
 
 
 def _cmd_show(args: argparse.Namespace, ws: Workspace) -> int:
-    run_dir = ws.run_dir(args.id)
+    from ava.train.ids import check_instance_id
+
+    run_dir = ws.run_dir(check_instance_id(args.id))
     metrics = run_dir / "logs" / "metrics.jsonl"
     if not run_dir.is_dir():
         raise UsageError(f"no run {args.id!r} in {ws.runs_dir}; `ava runs list` shows the runs")
+    target = plot_target(args.plot) if args.plot else None
     s = summarize(run_dir)
     print(f"{s.id}: {s.status}, started {s.start_time or '-'}" + (f", {s.duration_s:.1f}s" if s.duration_s else ""))
     values = last_values(metrics) if metrics.exists() else {}
     rows = [("PHASE", "METRIC", "STEP", "LAST VALUE")]
     rows += [(phase, name, _fmt(step), _fmt(value)) for (phase, name), (step, value) in sorted(values.items())]
     _print_table(rows)
-    if args.plot:
-        n = plot(metrics, Path(args.plot))
-        print(f"plotted {n} metrics to {args.plot}")
+    if target is not None:
+        n = plot(metrics, target)
+        print(f"plotted {n} metrics to {target}")
     return 0
 
 

@@ -69,3 +69,44 @@ def test_runs_list_show_and_plot(ws, monkeypatch, capsys, tmp_path):
 
     assert main(["runs", "show", "nope"]) == 2
     assert "no run 'nope'" in capsys.readouterr().err
+
+
+def test_runs_on_damaged_files_and_bad_arguments(ws, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("AVA_WORKSPACE", str(ws.root))
+    ins = train.TrainInstance("good", setup_logging=False)
+    for i in range(5):
+        ins.log_metrics({"loss": 1.0 / (i + 1)}, step=i)
+    ins.done()
+    metrics = ws.root / "run" / "good" / "logs" / "metrics.jsonl"
+    with open(metrics, "a") as fh:  # what a damaged file can hold, between good records
+        fh.write('[1, 2, 3]\n{"no": "name"}\nnot json at all\n{"name": "loss", "value": "abc", "step": 9}\n')
+        fh.write('{"ts": 1.0, "step": 7, "epoch": null, "batch": null, "phase": "train", "name": "loss", '
+                 '"value": 0.05, "rank": 0, "seq": 99}\n')
+    for name, status in (("list", "[1, 2]"), ("text", '"done"'), ("torn", '{"status": "do')):
+        (ws.root / "run" / name).mkdir(parents=True)
+        (ws.root / "run" / name / "status.json").write_text(status)
+    assert main(["runs", "list"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    for name in ("list", "text", "torn"):
+        assert next(line.split() for line in out if line.startswith(name))[1] == "unknown"
+    assert next(line.split() for line in out if line.startswith("good"))[4] == "7"
+
+    png = tmp_path / "curves"  # no suffix: written as curves.png, and said so
+    assert main(["runs", "show", "good", "--plot", str(png)]) == 0
+    captured = capsys.readouterr()
+    assert f"plotted 1 metrics to {png}.png" in captured.out and (tmp_path / "curves.png").stat().st_size > 1000
+    assert "train  loss    7     0.05" in captured.out  # the last good record, past the damaged lines
+    # show skips the three lines that are not records; the plot also the value that is not a number
+    assert "skipped 3 line(s)" in captured.err and "skipped 4 line(s)" in captured.err
+    assert captured.err.count("\n") == 2
+
+    for args, said in ((["show", "..", ], "not usable as a directory name"),
+                       (["show", "good", "--plot", str(tmp_path)], "is a directory"),
+                       (["show", "good", "--plot", str(tmp_path / "no" / "x.png")], "does not exist"),
+                       (["show", "good", "--plot", str(tmp_path / "x.xyz")], "cannot write .xyz files")):
+        assert main(["runs", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1, (args, err)
+    (ws.root / "run" / "empty").mkdir()
+    assert main(["runs", "show", "empty", "--plot", str(tmp_path / "e.png")]) == 2
+    assert "recorded no metrics" in capsys.readouterr().err
