@@ -86,13 +86,18 @@ def dist_rank() -> tuple[int, int] | None:
 
 
 def unwrap(model: Any) -> Any:
-    """The module inside ``DistributedDataParallel`` / ``DataParallel``, so checkpoints load either way."""
+    """The module inside ``DistributedDataParallel`` / ``DataParallel`` / ``torch.compile``, so
+    checkpoints load either way (no ``module.`` or ``_orig_mod.`` in their keys)."""
     import torch
 
     wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
-    while isinstance(model, wrappers):
-        model = model.module
-    return model
+    while True:
+        if isinstance(model, wrappers):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):  # torch.compile's wrapper
+            model = model._orig_mod
+        else:
+            return model
 
 
 class TorchMonitor:
@@ -316,12 +321,22 @@ class TorchMonitor:
         for path in self._candidates():
             try:
                 state = torch.load(path, map_location=map_location, weights_only=True)
-                break
             except Exception as exc:  # noqa: BLE001 - an unreadable file: try the one before it
                 log.warning("checkpoint %s cannot be loaded (%s); trying an older one", path, exc)
+                state = None
+                continue
+            missing = _not_a_checkpoint(state)
+            if missing is None:
+                break
+            log.warning("%s is not a checkpoint of TorchMonitor.epoch_end (%s); trying an older one", path, missing)
+            state = None
         if state is None or path is None:
             return 0, 0
-        unwrap(model).load_state_dict(state["model"])
+        try:
+            unwrap(model).load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise UsageError(f"checkpoint {path} does not fit the model given to resume(): "
+                             f"{' '.join(str(exc).split())[:300]}") from None
         if optimizer is not None and "optimizer" in state:
             optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and "scheduler" in state:
@@ -333,6 +348,18 @@ class TorchMonitor:
         self._ins.log_event("resume", step=step, path=str(path), epoch=epoch)
         log.info("resumed from %s: epoch %d done, step %d", path, epoch, step)
         return epoch + 1, step
+
+
+def _not_a_checkpoint(state: Any) -> str | None:
+    """What a loaded file lacks to be one of :meth:`TorchMonitor.epoch_end`'s checkpoints; None if nothing."""
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a dict"
+    if not isinstance(state.get("model"), dict):
+        return "no 'model' state dict in it"
+    for key in ("epoch", "step"):
+        if isinstance(state.get(key), bool) or not isinstance(state.get(key), int):
+            return f"no integer {key!r} in it"
+    return None
 
 
 _SAMPLES = {"speed": "samples/s"}

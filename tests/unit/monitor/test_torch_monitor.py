@@ -222,6 +222,38 @@ def test_resume_skips_an_unreadable_newest_checkpoint(workspace):
     ins.done()
 
 
+def test_resume_skips_a_file_that_is_not_its_checkpoint_and_names_a_model_that_does_not_fit(workspace, caplog):
+    ins = open_ins(workspace)
+    model = make_model()
+    opt, _ = make_optimizer(model)
+    mon = torch_monitor.TorchMonitor(ins, log_every=5, checkpoint_every=1)
+    mon.epoch_end(model, opt, 0)
+    torch.save(model.state_dict(), mon.checkpoint_path(2))  # a plain state dict under the checkpoint name
+    torch.save({"model": model.state_dict()}, mon.checkpoint_path(1))  # no epoch, no step
+    fresh = make_model()
+    with caplog.at_level("WARNING", logger="ava.monitor.torch"):
+        assert mon.resume(fresh, opt) == (1, 0)
+    assert "no 'model' state dict in it" in caplog.text and "no integer 'epoch' in it" in caplog.text
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    other = torch.nn.Sequential(torch.nn.Linear(16, 4))
+    with pytest.raises(UsageError, match=r"checkpoint .*checkpoint-0000\.pt does not fit the model given to resume\(\)"):
+        mon.resume(other, None)
+    ins.done()
+
+
+def test_checkpoints_of_a_compiled_model_load_into_a_plain_one_and_back(workspace):
+    ins = open_ins(workspace)
+    model = make_model()
+    compiled = torch.compile(model)  # the wrapper is made at once; nothing is compiled until a call
+    mon = torch_monitor.TorchMonitor(ins, checkpoint_every=1)
+    path = mon.epoch_end(compiled, None, 0)
+    assert not any(k.startswith("_orig_mod.") for k in torch.load(path, weights_only=True)["model"])
+    plain = torch_monitor.TorchMonitor(ins)
+    assert plain.resume(make_model(), None) == (1, 0)
+    assert plain.resume(torch.compile(make_model()), None) == (1, 0)
+    ins.done()
+
+
 def test_non_zero_rank_records_but_does_not_save(workspace):
     ins = open_ins(workspace)
     model = make_model()
