@@ -410,9 +410,15 @@ class LoopMonitor:
         if params is None:
             log.warning("snapshot %s holds no .params file; nothing to resume from", info.snapshot)
             return 0, 0
-        net.load_parameters(str(params))
-        if trainer is not None and states is not None:
-            trainer.load_states(str(states))
+        for path, load in ((params, net.load_parameters),
+                           (states, trainer.load_states if trainer is not None else None)):
+            if path is None or load is None:
+                continue
+            try:
+                load(str(path))
+            except Exception as exc:  # noqa: BLE001 - MXNetError, AssertionError, ValueError...
+                raise UsageError(f"snapshot {info.snapshot}: {path} cannot be loaded: "
+                                 f"{' '.join(str(exc).split()[:40]) or type(exc).__name__}") from None
         epoch, step = int(meta["epoch"]), int(meta.get("step") or 0)
         self.epoch, self.global_step, self.batch = epoch + 1, step, 0
         self.samples = int(meta.get("samples") or 0)

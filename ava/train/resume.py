@@ -100,6 +100,7 @@ def newest_snapshot(snapshots_url: str, output_dir: Path, restore_dir: Path,
     ``restore_dir/<name>/`` (never over a local file). Storage errors are
     logged and give ``(None, {}, [])``: a resume must not fail because storage is away.
     """
+    name = None
     try:
         name = read_latest(snapshots_url)
         if name is None:
@@ -126,7 +127,9 @@ def newest_snapshot(snapshots_url: str, output_dir: Path, restore_dir: Path,
             files.append(target)
         meta = manifest.get("meta")
         return name, dict(meta) if isinstance(meta, dict) else {}, files
-    except ObjectNotFoundError:
+    except ObjectNotFoundError as exc:
+        if name is not None:  # LATEST names it, but a file of it is gone: say so, do not just start over
+            log.warning("snapshot %s in %s cannot be restored: %s; starting without it", name, snapshots_url, exc)
         return None, {}, []
     except (AvaError, OSError, ValueError) as exc:
         log.warning("could not find the newest snapshot in %s: %s", snapshots_url, exc)

@@ -285,6 +285,34 @@ def test_plain_loop_resumes_from_its_snapshot_downloaded_from_storage(tmp_path):
     assert (Path(second.storage_url[len("file://"):]) / "snapshots" / "LATEST").read_text() == "epoch-0003"
 
 
+def test_resume_names_a_snapshot_it_cannot_restore_or_load(tmp_path, caplog):
+    ws = tmp_path / "ws"
+    train_dl, _ = loaders()
+    first = train.TrainInstance("gl-damaged", workspace=ws, setup_logging=False)
+    net = make_net()
+    trainer = make_trainer(net)
+    mon = gluon_monitor.LoopMonitor(first, batch_size=BATCH, log_every=5, trainer=trainer)
+    _train_epochs(net, trainer, mon, train_dl, range(2))
+    first.done()
+    stored = Path(first.storage_url[len("file://"):]) / "snapshots" / "epoch-0002"
+    local = first.output_dir / "model-0002.params"
+    local.write_bytes(local.read_bytes()[:100])  # damaged on disk: the stored copy is the one to use
+    good = (stored / "model-0002.params").read_bytes()
+    (stored / "model-0002.params").write_bytes(good[:100])  # ... and damaged there too
+    second = train.TrainInstance("gl-damaged", workspace=ws, setup_logging=False)
+    mon2 = gluon_monitor.LoopMonitor(second, batch_size=BATCH, log_every=5, trainer=make_trainer(make_net()))
+    with pytest.raises(UsageError, match=r"snapshot epoch-0002: .*model-0002\.params cannot be loaded"):
+        mon2.resume(make_net(), None)
+    second.done()
+    (stored / "model-0002.params").unlink()  # now gone from storage altogether
+    third = train.TrainInstance("gl-damaged", workspace=ws, setup_logging=False)
+    mon3 = gluon_monitor.LoopMonitor(third, batch_size=BATCH, log_every=5, trainer=make_trainer(make_net()))
+    with caplog.at_level("WARNING", logger="ava.train.resume"):
+        assert mon3.resume(make_net(), None) == (0, 0)
+    assert "snapshot epoch-0002 in " in caplog.text and "cannot be restored" in caplog.text
+    third.done()
+
+
 def test_bad_arguments(ins):
     i = ins()
     with pytest.raises(UsageError, match="log_interval"):
