@@ -97,7 +97,11 @@ def test_resume_info_when_storage_is_unreadable_logs_and_gives_no_snapshot(ws, c
     ins = make(ws)
     ins.log_metrics({"loss": 1.0}, step=5, epoch=0)
     ins.done()
-    monkeypatch.setenv("AVA_STORAGE_URL", "nosuch://bucket/x")
+    # Storage answers, but what it holds cannot be read: LATEST names a snapshot whose manifest is damaged.
+    snaps = Path(ins.storage_url[len("file://"):]) / "snapshots"
+    (snaps / "epoch-0001").mkdir(parents=True)
+    (snaps / "epoch-0001" / "MANIFEST.json").write_text("{damaged")
+    (snaps / "LATEST").write_text("epoch-0001")
     again = make(ws)
     info = again.resume_info()
     assert info.snapshot is None and info.step == 5
