@@ -26,6 +26,8 @@ import json
 import logging
 import mmap
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -239,6 +241,42 @@ def _json_of(value: Any) -> str:
     return text
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _utf8_safe(text: str) -> str:
+    """``text`` with lone surrogates written as JSON ``\\uXXXX`` escapes (they cannot be UTF-8)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        log.error("a metric record holds text that is not valid Unicode; written with \\u escapes: %.200r", text)
+        return _SURROGATE.sub(lambda m: "\\u%04x" % ord(m.group()), text)
+
+
+def _repaired(item: Any) -> Any:
+    """A call or record whose values cannot be written as they are, made writable: an integer
+    too long to print becomes a float (or "inf"/"-inf"), said once in the log. Names and text
+    are left to :func:`_utf8_safe`."""
+    def fix(name: Any, value: Any) -> Any:
+        if type(value) is int:
+            try:
+                str(value)
+            except ValueError:
+                fixed: Any = float(value) if abs(value) < 1e308 else ("inf" if value > 0 else "-inf")
+                log.error("metric %r: an integer of more than %d digits cannot be written; recorded as %s",
+                          name, sys.get_int_max_str_digits(), fixed)
+                return fixed
+        return value
+
+    if isinstance(item, dict):
+        if "name" in item and "value" in item:
+            return {**item, "value": fix(item["name"], item["value"])}
+        return item
+    ts, step, epoch, batch, phase, metrics, net, units, seq, rank = item
+    return (ts, step, epoch, batch, phase, {k: fix(k, v) for k, v in metrics.items()}, net, units, seq, rank)
+
+
 def _plain_int(v: Any) -> bool:
     return v is None or type(v) is int
 
@@ -411,17 +449,30 @@ class JsonlSink(Sink):
             os.close(rfd)
 
     def write(self, records: list[dict[str, Any]]) -> None:
-        self._write_texts(encode_lines(records))
+        try:
+            texts = encode_lines(records)
+        except (ValueError, UnicodeError):  # one bad record must not hold back the others
+            texts = encode_lines([_repaired(r) for r in records])
+        self._write_texts(texts)
 
     def write_calls(self, entries: list[Any]) -> None:
         """Write converted calls (the writer's fast path: no dict per record); see :func:`encode_calls`."""
-        self._write_texts(encode_calls(entries))
+        try:
+            texts = encode_calls(entries)
+        except (ValueError, UnicodeError):  # one bad record must not hold back the others
+            texts = encode_calls([_repaired(e) for e in entries])
+        self._write_texts(texts)
 
     def _write_texts(self, texts: list[str]) -> None:
         if self._fd is None:
             raise MetricsError(f"{self.path} is closed")
         text = "".join(texts)
-        data = text.encode("utf-8")
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate in a name: written escaped, as JSON allows
+            texts = [_utf8_safe(t) for t in texts]
+            text = "".join(texts)
+            data = text.encode("utf-8")
         if len(data) == len(text):  # ASCII: a line's length in bytes is its length in characters
             longest = max(map(len, texts), default=0)
         else:

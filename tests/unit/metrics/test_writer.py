@@ -183,3 +183,22 @@ def test_conversion_failure_on_the_writer_thread_is_surfaced_and_others_kept():
         w.log_metrics({"acc": 0.6}, step=2)
     assert w.close(timeout=10)
     assert [(r["name"], r["value"]) for r in sink.records] == [("acc", 0.5), ("acc", 0.6)]
+
+
+def test_a_record_that_cannot_be_written_as_given_does_not_hold_back_the_others(tmp_path, caplog):
+    import json as _json
+
+    from ava.metrics.sinks.jsonl import JsonlSink
+
+    path = tmp_path / "metrics.jsonl"
+    w = MetricsWriter([JsonlSink(path)], flush_interval=0.01)
+    w.log_metrics({"before": 1.0}, step=0)
+    w.log_metrics({"loss\udc80": 2.0}, step=1)  # a lone surrogate: not UTF-8 as it is
+    w.log_metrics({"big": 10**5000}, step=2)  # more digits than Python will print
+    w.log_metrics({"after": 3.0}, step=3)
+    assert w.flush(timeout=10) and w.close(timeout=10)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    recs = [_json.loads(line) for line in lines]
+    assert [(r["name"], r["value"], r["seq"]) for r in recs] == [
+        ("before", 1.0, 0), ("loss\udc80", 2.0, 1), ("big", "inf", 2), ("after", 3.0, 3)]
+    assert "more than" in caplog.text and "not valid Unicode" in caplog.text
