@@ -61,10 +61,12 @@ class _RotatingFile:
         self.path = path
         self.max_bytes = max_bytes
         self.backup_count = backup_count
-        self._fh = _open_private(path, truncate=mode.startswith("w"))
+        self._fh: Any = _open_private(path, truncate=mode.startswith("w"))
         self.size = os.fstat(self._fh.fileno()).st_size
 
     def write(self, records: list[bytes]) -> None:
+        if self._fh is None:  # a rotation could not reopen the file: try again (raises OSError if not yet)
+            self._reopen()
         rotating = self.max_bytes > 0 and self.backup_count > 0
         batch: list[bytes] = []
         batch_size = 0
@@ -80,17 +82,28 @@ class _RotatingFile:
         self.size += batch_size
 
     def _rotate(self) -> None:
-        self._fh.close()
-        for i in range(self.backup_count - 1, 0, -1):
-            src = f"{self.path}.{i}"
-            if os.path.exists(src):
-                os.replace(src, f"{self.path}.{i + 1}")
-        os.replace(self.path, f"{self.path}.1")
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        try:
+            for i in range(self.backup_count - 1, 0, -1):
+                src = f"{self.path}.{i}"
+                if os.path.exists(src):
+                    os.replace(src, f"{self.path}.{i + 1}")
+            os.replace(self.path, f"{self.path}.1")
+        except OSError as exc:  # the directory was removed or made read-only: start a new file if we can
+            sys.stderr.write(f"ava: cannot rotate log file {self.path}: {exc}\n")
+        self._reopen()
+
+    def _reopen(self) -> None:
+        """Open the log file again, its directory re-created if it was removed; OSError if impossible."""
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         self._fh = _open_private(self.path)
-        self.size = 0
+        self.size = os.fstat(self._fh.fileno()).st_size
 
     def close(self) -> None:
-        self._fh.close()
+        if self._fh is not None:
+            self._fh.close()
 
 
 class _Listener(threading.Thread):
@@ -145,7 +158,7 @@ class _Listener(threading.Thread):
         if records:
             try:
                 self._out.write(records)
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 - the listener must live: every process's logging waits on it
                 if not self._write_failed:
                     self._write_failed = True
                     sys.stderr.write(f"ava: cannot write log file {self._out.path}: {exc}; logging to stderr\n")

@@ -153,3 +153,27 @@ def test_run_log_handler_and_file_only_records(tmp_path, capsys):
     finally:
         close_logger()
         root.handlers[:] = saved
+
+
+def test_a_log_directory_removed_mid_run_is_made_again_and_logging_goes_on(tmp_path):
+    from tests.conftest import run_python
+
+    code = """
+import logging, shutil, sys
+from ava.log.logger import MultiProcessingLogHandler
+d = sys.argv[1]
+h = MultiProcessingLogHandler(d + "/run.log", maxBytes=100_000, backupCount=3)
+log = logging.getLogger("t"); log.addHandler(h); log.setLevel(logging.INFO)
+log.info("first"); h.flush()
+shutil.rmtree(d)  # a clean-up job, or the user, removes the log directory
+for i in range(2000):
+    log.info("line %d %s", i, "z" * 1000)
+h.flush(); h.close()
+print("finished")
+"""
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    res = run_python(code, str(logdir), timeout=60)  # the old listener died here and every call hung
+    assert res.returncode == 0 and res.stdout.strip() == "finished", res.stderr[-2000:]
+    assert "cannot rotate log file" in res.stderr and res.stderr.count("cannot rotate") == 1
+    assert "line 1999 " in (logdir / "run.log").read_text()
