@@ -189,6 +189,22 @@ class MetricsWriter:
                 self._cond.wait(remaining if remaining is not None else 1.0)
         return True
 
+    def flush_quick(self, timeout: float) -> bool:
+        """:meth:`flush` for a process about to leave at once (a second signal, run on a thread
+        that may hold the buffer's lock): waits at most ``timeout`` seconds, for the lock too."""
+        if self._forked or not self._thread.is_alive() or not self._lock.acquire(timeout=timeout):
+            return False
+        try:
+            target = self._enqueued
+            self._flush_wanted = True
+            self._cond.notify_all()
+        finally:
+            self._lock.release()
+        deadline = time.monotonic() + timeout
+        while self._done < target and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self._done >= target
+
     def close(self, timeout: float | None = 10.0) -> bool:
         """Drain the buffer (at most ``timeout`` seconds), stop the thread, close the sinks.
 

@@ -195,11 +195,12 @@ class TrainInstance:
             if resumed and has_pending(self._snapshot_state):
                 # What the previous attempt submitted but never confirmed goes up now, in the background.
                 _ = self.snapshot_uploader
-        except BaseException as exc:
+            _live.add(self)
+            log.info("training instance %s %s at %s", self.training_ins_id, "resumed" if resumed else "started",
+                     self.run_dir)
+        except BaseException as exc:  # an error, or a SIGTERM arriving while the instance opens
             self._abandon_open(sinks, exc)
             raise
-        log.info("training instance %s %s at %s", self.training_ins_id, "resumed" if resumed else "started", self.run_dir)
-        _live.add(self)
 
     def _abandon_open(self, sinks: list[Sink], exc: BaseException) -> None:
         """The constructor failed after status.json was begun: close what it opened (the lock
@@ -216,9 +217,14 @@ class TrainInstance:
                 except Exception:  # noqa: BLE001 - the original error is the one to raise
                     pass
         if self.rank == 0 and self._status_doc is not None:
+            stopped = preempt.STOP.requested and isinstance(exc, (SystemExit, KeyboardInterrupt))
             try:
-                self._status_doc = self._status.finish(self._status_doc, STATUS_FAILED,
-                                                       f"the instance could not be opened: {exc}")
+                if stopped:
+                    self._status_doc = self._status.finish(self._status_doc, STATUS_PREEMPTED,
+                                                           self._preempt_message(), preempt.STOP.exit_code)
+                else:
+                    self._status_doc = self._status.finish(self._status_doc, STATUS_FAILED,
+                                                           f"the instance could not be opened: {exc}")
             except OSError:
                 pass
 
@@ -333,7 +339,10 @@ class TrainInstance:
         if not quick:
             self.done(timeout=budget)
             return
-        # A second signal: only the status, and without waiting for a lock this thread may hold.
+        # A second signal: what is buffered goes to metrics.jsonl (bounded), then the status, never
+        # waiting for a lock this thread may hold.
+        if self._writer is not None:
+            self._writer.flush_quick(0.5)
         doc = self._status_doc
         if self.rank == 0 and doc is not None and doc.get("status") not in FINAL_STATUSES:
             self._status_doc = self._status.finish(doc, STATUS_PREEMPTED, self._preempt_message(),
@@ -484,12 +493,17 @@ class TrainInstance:
                 status = STATUS_PREEMPTED
                 err_msg = self._preempt_message() + (f"; {err_msg}" if err_msg else "")
                 exit_code = preempt.STOP.exit_code if exit_code is None else exit_code
-            self._forget()
             if self.rank != 0:
                 self._status_doc = dict(self._status_doc, status=status, err_msg=str(err_msg or ""),
                                         stop_time=now_rfc3339(), exit_code=exit_code)
+                self._forget()
                 return
-            self._status_doc = self._status.finish(self._status_doc, status, str(err_msg or ""), exit_code)
+            # The finisher stays registered until the status is written: a second signal while it
+            # is being written still finishes it (quick path) instead of leaving it "running".
+            try:
+                self._status_doc = self._status.finish(self._status_doc, status, str(err_msg or ""), exit_code)
+            finally:
+                self._forget()
             if self._platform is not None:
                 self._platform.finish(self.training_ins_id, status, str(err_msg or ""),
                                       self._status_doc["start_time"], self._status_doc["stop_time"])

@@ -81,6 +81,12 @@ class StatusFile:
         ``crashed``. The caller must hold the instance's lock (the metrics file's ``flock``).
         """
         prev = self.read()
+        # A process that left at once (a second signal, SIGKILL) mid-write leaves its temp file.
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            try:
+                stale.unlink()
+            except OSError:
+                pass
         history: list[dict[str, Any]] = []
         if prev:
             history = [h for h in prev.get("history") or [] if isinstance(h, dict)]

@@ -151,9 +151,16 @@ def run_finishers(budget: float, quick: bool = False) -> None:
             _stderr(f"ava: preemption: {type(exc).__name__}: {exc}\n")
 
 
+_leaving = False  # the second signal's quick finish is running
+
+
 def _handle(signum: int, frame: Any) -> None:
     # No logging here: the signal may have interrupted this very thread inside a log handler.
+    global _leaving
     if STOP.requested:
+        if _leaving:  # a third signal while the second one's quick finish runs (bounded): let it end
+            return
+        _leaving = True
         _stderr(f"ava: second {signal_name(signum)}: leaving now\n")
         run_finishers(0.0, quick=True)
         os._exit(STOP.exit_code)
@@ -216,11 +223,12 @@ def _hard_exit() -> None:
 
 def reset() -> None:
     """Forget the stop request and the watchdog (a forked child; tests between cases)."""
-    global _watchdog
+    global _watchdog, _leaving
     STOP.reset()
     _started.clear()
     _finished.clear()
     _watchdog = None
+    _leaving = False
 
 
 def signal_name(signum: int | None) -> str:

@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import textwrap
 import sys
 import time
 from pathlib import Path
@@ -240,3 +241,77 @@ def test_sigterm_while_the_platform_does_not_answer_keeps_every_record(tmp_path)
         print(f"FIGURE sigterm-platform-silent: exit {code} {took:.2f} s after SIGTERM (bound {BOUND:.0f} s)")
     finally:
         silent.close()
+
+
+def _run_script(code: str, ws: Path) -> subprocess.CompletedProcess[str]:
+    from tests.conftest import run_python
+
+    return run_python(textwrap.dedent(code), str(ws), timeout=60)
+
+
+def test_a_second_signal_still_writes_the_metrics_already_logged(tmp_path):
+    res = _run_script("""
+        import os, signal, sys
+        from ava.train import base as train
+        with train.TrainInstance("twice-kept", workspace=sys.argv[1], setup_logging=False) as ins:
+            for step in range(1000):
+                ins.log_metrics({"loss": 0.1}, step=step)
+                if step == 200:  # Ctrl-C twice: the second one leaves at once
+                    os.kill(os.getpid(), signal.SIGINT)
+                    os.kill(os.getpid(), signal.SIGINT)
+                if ins.should_stop():
+                    ins.exit_preempted()
+    """, tmp_path / "ws")
+    assert res.returncode == 130, res.stderr[-2000:]
+    assert status(tmp_path / "ws", "twice-kept")["status"] == "preempted"
+    assert [r["step"] for r in metric_records(tmp_path / "ws", "twice-kept")] == list(range(201))
+
+
+def test_a_second_signal_while_done_writes_the_status_still_finishes_it(tmp_path):
+    res = _run_script("""
+        import os, signal, sys
+        from ava.train import base as train
+        from ava.utils import preempt
+        real_fsync = os.fsync
+        sent = []
+        def fsync(fd):  # the second SIGTERM lands while done() writes status.json
+            real_fsync(fd)
+            if preempt.STOP.requested and not sent and ".status.json." in os.readlink(f"/proc/self/fd/{fd}"):
+                sent.append(1)
+                os.kill(os.getpid(), signal.SIGTERM)
+        os.fsync = fsync
+        with train.TrainInstance("second-in-done", workspace=sys.argv[1], setup_logging=False) as ins:
+            for step in range(100):
+                ins.log_metrics({"loss": 0.1}, step=step)
+                if step == 10:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                if ins.should_stop():
+                    ins.exit_preempted()
+    """, tmp_path / "ws")
+    assert res.returncode == 143, res.stderr[-2000:]
+    assert "second SIGTERM" in res.stderr
+    assert status(tmp_path / "ws", "second-in-done")["status"] == "preempted"
+    from ava.train import base as train
+
+    again = train.TrainInstance("second-in-done", workspace=tmp_path / "ws", setup_logging=False)
+    again.done()  # the next start clears what the interrupted write left
+    assert not list(again.run_dir.glob(".status.json.*.tmp"))
+
+
+def test_a_sigterm_while_the_instance_opens_finishes_it_preempted(tmp_path):
+    res = _run_script("""
+        import os, signal, sys
+        from ava.train import base as train
+        real_info = train.log.info
+        def info(msg, *args, **kw):  # SIGTERM arrives as the constructor logs its last line
+            if msg.startswith("training instance %s %s at"):
+                os.kill(os.getpid(), signal.SIGTERM)
+            real_info(msg, *args, **kw)
+        train.log.info = info
+        train.TrainInstance("ctor-term", workspace=sys.argv[1], setup_logging=False)
+        print("not reached")
+    """, tmp_path / "ws")
+    assert res.returncode == 143, res.stderr[-2000:]
+    assert "not reached" not in res.stdout
+    doc = status(tmp_path / "ws", "ctor-term")
+    assert doc["status"] == "preempted" and doc["exit_code"] == 143
