@@ -57,8 +57,38 @@ def _cmd_params_get(args: argparse.Namespace, env: Env) -> int:
             value = p.get_value(args.key, is_required=True)
         except ParamsKeyError as exc:
             raise UsageError(f"key {args.key!r} is missing from {exc.path}; pass --default V to print V instead") from None
-    print(json.dumps(value, ensure_ascii=False))
+    print(_as_json(value))
     return EXIT_OK
+
+
+def _as_json(value: object) -> str:
+    """``value`` as strict JSON: YAML's dates as ISO text, sets as lists, binary as base64,
+    non-finite numbers as "nan"/"inf"/"-inf" (as in metric records); escaped where the
+    console cannot show a character."""
+    import base64
+    import datetime
+    import math
+
+    def plain(v: object) -> object:
+        if isinstance(v, float) and not math.isfinite(v):
+            return "nan" if v != v else ("inf" if v > 0 else "-inf")
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple, set, frozenset)):
+            items = sorted(v, key=repr) if isinstance(v, (set, frozenset)) else v
+            return [plain(x) for x in items]
+        if isinstance(v, (datetime.date, datetime.time)):
+            return v.isoformat()
+        if isinstance(v, (bytes, bytearray)):
+            return base64.b64encode(bytes(v)).decode("ascii")
+        return v
+
+    text = json.dumps(plain(value), ensure_ascii=False, allow_nan=False, default=str)
+    try:
+        text.encode(getattr(sys.stdout, "encoding", None) or "utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, or a console that is not UTF-8
+        text = json.dumps(plain(value), ensure_ascii=True, allow_nan=False, default=str)
+    return text
 
 
 # The module that registers each command beyond init and params: ``main`` imports only the one

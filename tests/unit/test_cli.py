@@ -73,3 +73,22 @@ def test_a_command_imports_only_its_own_module_and_help_lists_every_command(tmp_
         assert command in helped.stdout
     unknown = subprocess.run([sys.executable, "-m", "ava", "nosuch"], capture_output=True, text=True, timeout=60)
     assert unknown.returncode == 2 and "nosuch" in unknown.stderr
+
+
+def test_params_get_prints_strict_json_for_any_value_a_params_file_can_hold(tmp_path, monkeypatch, capsys):
+    (tmp_path / "params").mkdir(parents=True)
+    (tmp_path / "params" / "default.yaml").write_text(
+        "when: 2024-01-02\nstamp: 2024-01-02T03:04:05Z\nblob: !!binary aGVsbG8=\ntags: !!set {b: null, a: null}\n"
+        "bad: .nan\nneg: -.inf\nnested: {x: [1, .inf]}\n")
+    monkeypatch.setenv("AVA_WORKSPACE", str(tmp_path))
+    want = {"when": "2024-01-02", "stamp": "2024-01-02T03:04:05+00:00", "blob": "aGVsbG8=", "tags": ["a", "b"],
+            "bad": "nan", "neg": "-inf", "nested": {"x": [1, "inf"]}}
+    for key, value in want.items():
+        assert main(["params", "get", key]) == 0
+        out = capsys.readouterr().out
+        assert json.loads(out) == value, key  # strict JSON: no NaN/Infinity literals
+        assert "NaN" not in out and "Infinity" not in out
+    (tmp_path / "params" / "default.yaml").unlink()
+    (tmp_path / "params" / "default.json").write_text('{"s": "\\ud800x"}')  # a lone surrogate
+    assert main(["params", "get", "s"]) == 0
+    assert capsys.readouterr().out.strip() == '"\\ud800x"'
