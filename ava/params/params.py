@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
 from ava.env import Env
-from ava.errors import ParamsError, ParamsKeyError
+from ava.errors import ParamsError, ParamsKeyError, UsageError
 from ava.workspace import PARAMS_FILES
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,10 @@ def split_key(key: Key) -> list[str | int]:
         ['a', 'b.c', '0']
     """
     if not isinstance(key, str):
-        return list(key)
+        if isinstance(key, (list, tuple)) and all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in key):
+            return list(key)
+        raise UsageError(f"a params key is a dotted string or a list of parts (strings, list indexes), "
+                          f"got {key!r}")
     parts: list[str | int] = []
     current: list[str] = []
     chars = iter(key)

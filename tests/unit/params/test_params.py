@@ -58,6 +58,14 @@ def test_split_key_escapes():
     assert split_key(["x.y", 0]) == ["x.y", 0]
 
 
+@pytest.mark.parametrize("key", [5, None, 1.5, {"a": 1}, ["a", 1.5], ["a", None]])
+def test_a_key_that_is_neither_a_string_nor_a_list_of_parts_is_a_clear_error(key):
+    from ava.errors import UsageError
+
+    with pytest.raises(UsageError, match="a params key is a dotted string or a list of parts"):
+        split_key(key)
+
+
 def test_cache_is_refreshed_when_the_file_changes(pdir):
     write(pdir, {"lr": 0.1})
     p = Params(pdir)
