@@ -159,12 +159,16 @@ def redact_url(url: str) -> str:
     return redact(url)
 
 
+_RECORD_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
 class RedactingFilter(logging.Filter):
     """A handler filter that masks secrets in every record it passes (see :func:`redact`).
 
     The message is formatted first (``msg % args``), then masked; when something was masked, it
     is stored back as ``msg`` with no ``args`` (a record with nothing to mask keeps its ``msg``
-    and ``args`` for other handlers). The exception and stack text are masked too. The record
+    and ``args`` for other handlers). The exception and stack text are masked too, and text
+    fields given with ``extra=``. The record
     is changed in place, so every handler after this one sees the masked text; a record is
     checked once.
 
@@ -193,6 +197,11 @@ class RedactingFilter(logging.Filter):
             record.exc_text = redact(record.exc_text)
         if record.stack_info:
             record.stack_info = redact(record.stack_info)
+        for name, value in record.__dict__.items():  # fields given with extra=, which a format may show
+            if name not in _RECORD_FIELDS and isinstance(value, str):
+                masked = redact(value)
+                if masked != value:
+                    setattr(record, name, masked)
         record._ava_redacted = True
         return True
 

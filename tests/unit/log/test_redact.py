@@ -118,6 +118,15 @@ def test_filter_formats_first_then_masks_message_and_exception():
     assert SK not in out and "4QLHOWG1mux" not in out
 
 
+def test_filter_masks_text_fields_given_with_extra():
+    register_secret(SK)
+    rec = _record("upload done", (), None)
+    rec.creds, rec.url, rec.count = f"key={SK}", SIGNED, 3  # what logging.info(..., extra={...}) adds
+    assert RedactingFilter().filter(rec) is True
+    out = logging.Formatter("%(message)s %(creds)s %(url)s %(count)d").format(rec)
+    assert SK not in out and "4QLHOWG1mux" not in out and out.startswith(f"upload done key={MASK} ") and out.endswith(" 3")
+
+
 def test_filter_masks_once_and_passes_bad_format_strings_on():
     register_secret(SK)
     rec = _record("a %s", (SK,))
