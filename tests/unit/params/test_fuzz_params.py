@@ -94,9 +94,13 @@ def test_any_file_content_raises_only_params_errors(name, content, key):
 
 @FUZZ
 @given(doc=json_docs, key=dotted, as_yaml=st.booleans())
+@example(doc={"\x85": None}, key="", as_yaml=True)
 def test_structured_documents_raise_only_params_errors(doc, key, as_yaml):
     if as_yaml:
-        p, tmp = _params_with("default.yaml", yaml.safe_dump(doc, allow_unicode=True))
+        text = yaml.safe_dump(doc, allow_unicode=True)
+        # What YAML itself reads back: a raw NEL (U+0085) in a key is a line break to YAML.
+        doc = yaml.safe_load(text)
+        p, tmp = _params_with("default.yaml", text)
     else:
         p, tmp = _params_with("default.json", json.dumps(doc, ensure_ascii=False))
     with tmp:
