@@ -52,7 +52,7 @@ def _tail_records(path: Path) -> Iterator[dict[str, Any]]:
             size = fh.tell()
             fh.seek(max(0, size - _TAIL))
             chunk = fh.read()
-    except FileNotFoundError:
+    except OSError:  # missing, or not a file: the run shows no last step
         return
     lines = chunk.split(b"\n")
     if size > _TAIL:
@@ -113,6 +113,9 @@ class MetricLines:
             fh = open(self.path, "rb")
         except FileNotFoundError:
             return
+        except OSError as exc:
+            print(f"ava: cannot read {self.path}: {exc.strerror or exc}", file=sys.stderr)
+            return
         with fh:
             for raw in fh:
                 if not raw.endswith(b"\n") or not raw.strip():
@@ -152,7 +155,7 @@ def plot(path: Path, out: Path) -> int:
     import matplotlib.pyplot as plt
 
     if not path.is_file():
-        raise UsageError(f"{path} does not exist: this run has recorded no metrics to plot")
+        raise UsageError(f"{path} is not a file: this run has no metrics to plot")
     series: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
     lines = MetricLines(path)
     for rec in lines:

@@ -32,10 +32,13 @@ import threading
 from typing import Any, Callable, Mapping
 
 from ava.errors import MetricsError
+from ava.metrics.record import PHASES, check_step, plain_details
 
 log = logging.getLogger(__name__)
 
 _MAX_DATAGRAM = 1 << 16
+#: Seconds a forked child waits for the parent to take a record before it drops it (an error).
+SEND_TIMEOUT = 10.0
 
 
 def _plain(name: str, value: Any) -> Any:
@@ -86,20 +89,34 @@ class ChildForwarder:
             raise MetricsError(f"one log_metrics call from a forked child is limited to {_MAX_DATAGRAM} bytes of "
                                f"JSON, got {len(data)}; log fewer values per call")
         with self._lock:
-            if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-                self._sock.connect(self.address)
-            self._sock.send(data)  # blocks while the parent's socket is full
+            try:
+                if self._sock is None:
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                    sock.settimeout(SEND_TIMEOUT)
+                    sock.connect(self.address)
+                    self._sock = sock
+                self._sock.send(data)  # waits while the parent's socket is full, at most SEND_TIMEOUT
+            except socket.timeout:
+                raise MetricsError(f"the parent process has not taken a record from this forked child for "
+                                   f"{SEND_TIMEOUT:.0f} s (it is stuck, or has finished); this one is dropped") from None
+            except OSError as exc:  # the parent's listener is gone: it called done(), or died
+                raise MetricsError(f"the training instance of the parent process is finished (or the parent died): "
+                                   f"a record from this forked child is dropped ({exc.strerror or exc})") from None
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, epoch: int | None = None,
                     batch: int | None = None, phase: str = "train", **kwargs: Any) -> None:
         if not isinstance(metrics, Mapping):
             raise MetricsError(f"metrics must be a mapping of name to number, got {type(metrics).__name__}")
+        if phase not in PHASES:  # checked here as in the parent: an error the caller sees
+            raise MetricsError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
         values = {str(k): _plain(str(k), v) for k, v in metrics.items()}
-        self._send(["m", values, step, epoch, batch, phase, kwargs])
+        self._send(["m", values, check_step(step), None if epoch is None else check_step(epoch, "epoch"),
+                    None if batch is None else check_step(batch, "batch"), phase, kwargs])
 
     def log_event(self, event: str, step: int | None = None, **details: Any) -> None:
-        self._send(["e", event, step, {k: v for k, v in details.items()}])
+        if type(event) is not str or not event:
+            raise MetricsError(f"event must be a non-empty string, got {event!r}")
+        self._send(["e", event, check_step(step), plain_details(details)])
 
 
 class ChildListener:
@@ -166,3 +183,9 @@ class ChildListener:
         self._thread.join(1.0)
         self._sock.close()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+    def forget_in_child(self) -> None:
+        """In a forked child: close this process's copy of the socket (the parent's stays), so the
+        socket ends with the parent and a child sending later gets an error instead of waiting."""
+        self._closed = True
+        self._sock.close()

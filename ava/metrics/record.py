@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
+import os
 from typing import Any, Mapping
 
 from ava.errors import MetricsError, UsageError
@@ -99,6 +100,43 @@ def check_epoch(epoch: Any) -> int:
     if value < 0:
         raise UsageError(f"epoch must be a non-negative integer, got {value}")
     return value
+
+
+def plain_details(details: Mapping[str, Any], *, strict: bool = True) -> dict[str, Any]:
+    """An event's details as plain JSON values: paths as text, numpy and tensor scalars as
+    numbers, sets as sorted lists, non-finite floats as ``"nan"``/``"inf"``/``"-inf"``.
+    Anything else is a :class:`MetricsError` naming the detail (``strict``), or its ``str()``.
+
+    Example:
+        >>> import pathlib
+        >>> plain_details({"path": pathlib.Path("/x/a.bin"), "loss": float("nan"), "tags": {"b", "a"}})
+        {'path': '/x/a.bin', 'loss': 'nan', 'tags': ['a', 'b']}
+    """
+    def plain(name: str, v: Any) -> Any:
+        if v is None or isinstance(v, (str, bool, int)):
+            return v
+        if isinstance(v, float):
+            return v if math.isfinite(v) else nonfinite(v)
+        if isinstance(v, os.PathLike):
+            return str(os.fspath(v))
+        if isinstance(v, Mapping):
+            return {str(k): plain(name, x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(name, x) for x in v]
+        if isinstance(v, (set, frozenset)):
+            return sorted((plain(name, x) for x in v), key=repr)
+        item = getattr(v, "item", None)
+        if callable(item):
+            try:
+                return plain(name, item())
+            except Exception:  # noqa: BLE001 - not a scalar: said below
+                pass
+        if not strict:
+            return str(v)
+        raise MetricsError(f"event detail {name!r} must be a JSON value (text, number, list, mapping, path), "
+                           f"got {type(v).__name__}")
+
+    return {str(k): plain(str(k), v) for k, v in details.items()}
 
 
 def nonfinite(value: float) -> str:

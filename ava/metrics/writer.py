@@ -33,7 +33,7 @@ import weakref
 from typing import Any, Mapping, Sequence
 
 from ava.errors import MetricsError
-from ava.metrics.record import PHASES, check_metrics, check_step, records_of, to_json_number
+from ava.metrics.record import PHASES, check_metrics, check_step, plain_details, records_of, to_json_number
 from ava.metrics.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class MetricsWriter:
         """Buffer an event record (``{"event": ..., **details}``, no name/value)."""
         if type(event) is not str or not event:
             raise MetricsError(f"event must be a non-empty string, got {event!r}")
-        self._put((time.time(), check_step(step), event, details))
+        self._put((time.time(), check_step(step), event, plain_details(details)))
 
     def _put(self, item: tuple[Any, ...]) -> None:
         if self._forked:
@@ -378,6 +378,15 @@ class MetricsWriter:
 
     def _after_fork_in_child(self) -> None:
         self._forked = True
+        # The child must not keep the parent's files (the metrics file's lock is the instance's
+        # lock): a child that outlives the parent would keep the instance from being reopened.
+        for sink in self._sinks:
+            forget = getattr(sink, "forget_in_child", None)
+            if forget is not None:
+                try:
+                    forget()
+                except OSError:
+                    pass
 
 
 def _close_all_at_exit() -> None:

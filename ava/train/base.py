@@ -574,6 +574,7 @@ def _after_fork_in_child() -> None:
             forwarder = ChildForwarder(ins._children.address)
             ins.log_metrics = forwarder.log_metrics  # type: ignore[method-assign]
             ins.log_event = forwarder.log_event  # type: ignore[method-assign]
+            ins._children.forget_in_child()
         ins._children = None
     _live.clear()
 

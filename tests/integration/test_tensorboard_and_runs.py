@@ -109,4 +109,4 @@ def test_runs_on_damaged_files_and_bad_arguments(ws, monkeypatch, capsys, tmp_pa
         assert said in err and err.count("\n") == 1, (args, err)
     (ws.root / "run" / "empty").mkdir()
     assert main(["runs", "show", "empty", "--plot", str(tmp_path / "e.png")]) == 2
-    assert "recorded no metrics" in capsys.readouterr().err
+    assert "has no metrics to plot" in capsys.readouterr().err

@@ -272,7 +272,9 @@ def _repaired(item: Any) -> Any:
     if isinstance(item, dict):
         if "name" in item and "value" in item:
             return {**item, "value": fix(item["name"], item["value"])}
-        return item
+        from ava.metrics.record import plain_details
+
+        return plain_details(item, strict=False)  # an event whose details are not all JSON
     ts, step, epoch, batch, phase, metrics, net, units, seq, rank = item
     return (ts, step, epoch, batch, phase, {k: fix(k, v) for k, v in metrics.items()}, net, units, seq, rank)
 
@@ -428,7 +430,10 @@ class JsonlSink(Sink):
 
     def __init__(self, path: Path | str, *, rank: int = 0) -> None:
         self.path = Path(path)
-        self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except IsADirectoryError:
+            raise InstanceError(f"{self.path} is a directory, not a metrics file; move it aside") from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -498,6 +503,12 @@ class JsonlSink(Sink):
     def flush(self) -> None:
         if self._fd is not None:
             os.fsync(self._fd)
+
+    def forget_in_child(self) -> None:
+        """In a forked child: close this process's copy of the file (its lock stays the parent's)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
     def close(self) -> None:
         fd, self._fd = self._fd, None

@@ -68,3 +68,89 @@ def test_dataloader_workers_record_through_the_parent(ws):
     ins.done()
     values = sorted(r["value"] for r in iter_records(ins.metrics_path) if r.get("name") == "decode_ms")
     assert values == [float(i) for i in range(64)]
+
+
+def _numpy_steps_and_paths(k: int) -> None:
+    import pathlib
+
+    import numpy as np
+
+    _ins.log_metrics({"loss": 0.5}, step=np.int64(k), epoch=np.int64(0), batch=np.int32(k))
+    _ins.log_event("saved", step=np.int64(k), path=pathlib.Path(f"/out/{k}.bin"), loss=float("nan"))
+
+
+def _bad_phase(_: int) -> None:
+    _ins.log_metrics({"loss": 0.5}, step=1, phase="bogus")
+
+
+def test_a_child_takes_what_the_parent_takes_and_refuses_what_it_refuses(ws):
+    global _ins
+    _ins = train.TrainInstance("fork-types", workspace=ws.root, setup_logging=False, handle_signals=False)
+    with mp.get_context("fork").Pool(2) as pool:
+        pool.map(_numpy_steps_and_paths, range(4))
+        with pytest.raises(Exception, match="phase must be one of"):
+            pool.apply(_bad_phase, (0,))
+    _ins.done()
+    recs = list(iter_records(_ins.metrics_path))
+    assert sorted((r["step"], r["epoch"], r["batch"]) for r in recs if r.get("name") == "loss") == [
+        (k, 0, k) for k in range(4)]
+    saved = sorted((r for r in recs if r.get("event") == "saved"), key=lambda r: r["step"])
+    assert [(r["path"], r["loss"]) for r in saved] == [(f"/out/{k}.bin", "nan") for k in range(4)]
+
+
+def test_a_child_logging_after_the_parent_finished_gets_an_error_not_a_hang(ws):
+    import os
+    import time
+
+    ins = train.TrainInstance("fork-late", workspace=ws.root, setup_logging=False, handle_signals=False)
+    ins.log_metrics({"loss": 1.0}, step=0)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: waits for the parent's done(), then keeps logging
+        os.close(w)
+        os.read(r, 1)
+        code = 3
+        try:
+            for i in range(200):
+                ins.log_metrics({"late": float(i)}, step=i)
+        except Exception as exc:  # noqa: BLE001
+            code = 0 if "is finished" in str(exc) or "not taken a record" in str(exc) else 4
+        os._exit(code)
+    os.close(r)
+    ins.done()
+    os.write(w, b"x")
+    os.close(w)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done_pid, status = os.waitpid(pid, os.WNOHANG)
+        if done_pid:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the child hung sending to a finished parent")
+    assert os.waitstatus_to_exitcode(status) == 0
+    # the instance can be opened again at once: the child does not hold the metrics file's lock
+    again = train.TrainInstance("fork-late", workspace=ws.root, setup_logging=False, handle_signals=False)
+    again.done()
+
+
+def test_an_event_with_details_that_are_not_json_does_not_stop_the_metrics(ws):
+    import pathlib
+
+    import numpy as np
+
+    from ava.errors import MetricsError
+
+    ins = train.TrainInstance("events", workspace=ws.root, setup_logging=False, handle_signals=False)
+    ins.log_metrics({"loss": 1.0}, step=0)
+    ins.log_event("snapshot", step=1, path=pathlib.Path("/x"), n=np.int64(3), tags={"b", "a"}, bad=float("nan"))
+    with pytest.raises(MetricsError, match="event detail 'obj' must be a JSON value"):
+        ins.log_event("custom", step=2, obj=object())
+    ins.log_metrics({"loss": 0.5}, step=3)
+    assert ins.flush_metrics(10)
+    ins.done()
+    recs = list(iter_records(ins.metrics_path))
+    assert [r.get("name", r.get("event")) for r in recs] == ["loss", "snapshot", "loss"]
+    assert (recs[1]["path"], recs[1]["n"], recs[1]["tags"], recs[1]["bad"]) == ("/x", 3, ["a", "b"], "nan")

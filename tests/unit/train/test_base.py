@@ -293,3 +293,21 @@ def test_a_storage_url_that_cannot_be_one_fails_the_constructor(ws, url, said):
     with pytest.raises(ConfigError, match=f"AVA_STORAGE_URL: .*{said}"):
         open_instance(ws, "bad-storage", env={"AVA_STORAGE_URL": url})
     assert not (ws.root / "run" / "bad-storage" / "status.json").exists()
+
+
+def test_a_metrics_file_that_is_a_directory_is_one_clear_error(ws, capsys):
+    from ava.cli import main
+
+    (ws.root / "run" / "d" / "logs" / "metrics.jsonl").mkdir(parents=True)
+    with pytest.raises(InstanceError, match=r"metrics.jsonl is a directory, not a metrics file; move it aside"):
+        open_instance(ws, "d")
+    import os
+
+    os.environ["AVA_WORKSPACE"] = str(ws.root)
+    try:
+        assert main(["runs", "list"]) == 0  # the other runs are still listed
+        assert main(["runs", "show", "d"]) == 0
+        err = capsys.readouterr().err
+        assert "cannot read" in err and "Traceback" not in err
+    finally:
+        del os.environ["AVA_WORKSPACE"]
