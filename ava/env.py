@@ -12,11 +12,14 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 from ava.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # Variable names (CONTRACT.md section 3).
 AVA_WORKSPACE = "AVA_WORKSPACE"
@@ -97,6 +100,8 @@ def read_json_file(path: Path, what: str) -> Any:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{what} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc.strerror or exc}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
@@ -318,7 +323,13 @@ class Env:
         if config_dir is None:
             return None
         value = read_config(config_dir, name).get(key)
-        return str(value) if value not in (None, "") else None
+        if value in (None, ""):
+            return None
+        if not isinstance(value, str):
+            log.warning("platform config file %s: %r should be text, got %s; not used",
+                        config_path(config_dir, name), key, type(value).__name__)
+            return None
+        return value
 
 
 def config_path(config_dir: Path, name: str) -> Path | None:

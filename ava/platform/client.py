@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from typing import Any
 from urllib.parse import quote
@@ -51,8 +52,7 @@ class PlatformClient:
             raise UsageError("the platform API client needs requests: pip install 'ava-sdk[platform]'") from None
         self._requests = requests
         self.base_url = base_url.rstrip("/")
-        self._session = requests.Session()
-        self._session.verify = tls_verify() if verify is None else verify
+        self._session = self._new_session(tls_verify() if verify is None else verify)
         warn_plain_http(self.base_url, "the platform API")
         self._timeout = (connect_timeout, read_timeout)
         self._retries = retries
@@ -75,7 +75,7 @@ class PlatformClient:
             remaining = end - time.monotonic()
             timeout = (min(self._timeout[0], max(remaining, 0.1)), min(self._timeout[1], max(remaining, 0.1)))
             try:
-                resp = self._session.request(method, url, json=body, auth=self._auth, timeout=timeout)
+                resp = self._request_within(method, url, body, timeout, max(remaining, 0.1))
             except self._requests.RequestException as exc:
                 why = f"{self.base_url} unreachable ({type(exc).__name__})"
                 retry_after = None
@@ -84,9 +84,13 @@ class PlatformClient:
                     return None
                 if 200 <= resp.status_code < 300:
                     try:
-                        return resp.json() if resp.content else {}
+                        doc = resp.json() if resp.content else {}
                     except ValueError:
                         raise PlatformError(f"{method} {path}: the server answered something that is not JSON") from None
+                    if not isinstance(doc, dict):
+                        raise PlatformError(f"{method} {path}: the server answered JSON that is not an object "
+                                            f"({type(doc).__name__})")
+                    return doc
                 why = f"{method} {path}: HTTP {resp.status_code} {resp.reason}"
                 if resp.status_code < 500 and resp.status_code not in (408, 429):
                     raise PlatformError(why)
@@ -98,6 +102,35 @@ class PlatformClient:
             if attempt > self._retries or time.monotonic() + delay >= end:
                 raise PlatformError(why)
             time.sleep(delay)
+
+    def _request_within(self, method: str, url: str, body: Any, timeout: tuple[float, float], limit: float) -> Any:
+        """One request, its answer read whole, in at most ``limit`` seconds: a server that
+        trickles its answer keeps each socket read alive, so the bound is kept from outside."""
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                resp = self._session.request(method, url, json=body, auth=self._auth, timeout=timeout)
+                resp.content  # noqa: B018 - the body is read here, inside the bound
+                box["resp"] = resp
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                box["exc"] = exc
+
+        worker = threading.Thread(target=run, name="ava-platform-call", daemon=True)
+        worker.start()
+        worker.join(limit)
+        if worker.is_alive():  # left to end on its own timeouts; a new session for the next call
+            stuck, self._session = self._session, self._new_session(self._session.verify)
+            stuck.close()
+            raise self._requests.Timeout(f"no complete answer within {limit:.1f} s")
+        if "exc" in box:
+            raise box["exc"]
+        return box["resp"]
+
+    def _new_session(self, verify: Any) -> Any:
+        session = self._requests.Session()
+        session.verify = verify
+        return session
 
     def create_instance(self, training: str, spec: dict[str, Any]) -> dict[str, Any]:
         """POST /v1/trainings/<training>/instances; returns the created instance (with ``id``)."""

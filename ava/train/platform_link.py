@@ -17,6 +17,7 @@ from typing import Any
 
 from ava.env import CONFIG_TRAININGSPEC, Env, read_config
 from ava.errors import AvaError
+from ava.train.ids import as_instance_id
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class PlatformLink:
         self.client = client
         self.training = training
         self.spec: dict[str, Any] = {}
+        self.remote_id: str | None = None
 
     @classmethod
     def from_env(cls, env: Env, config_dir: Path | None) -> "PlatformLink | None":
@@ -45,7 +47,12 @@ class PlatformLink:
             ak, sk = env.credentials(config_dir)
             training = ""
             if config_dir is not None:
-                training = str(read_config(config_dir, CONFIG_TRAININGSPEC).get("name") or "")
+                name = read_config(config_dir, CONFIG_TRAININGSPEC).get("name")
+                if name is not None and not isinstance(name, str):
+                    log.warning("platform config file %s: 'name' should be text, got %s; not used",
+                                config_dir / CONFIG_TRAININGSPEC, type(name).__name__)
+                    name = None
+                training = name or ""
             training = training or env.job_name or "default"
             return cls(PlatformClient(host, ak, sk, deadline=min(15.0, max(1.0, env.done_timeout))), training)
         except AvaError as exc:
@@ -65,14 +72,20 @@ class PlatformLink:
                 self.spec["id"] = instance_id
             created = self.client.create_instance(self.training, self.spec)
             self.spec = created
-            return str(created["id"])
+            remote = str(created["id"])
+            local = as_instance_id(remote)
+            if local != remote:
+                log.warning("platform API: instance id %.80r cannot be a directory name; it is %s here", remote, local)
+            self.remote_id = remote
+            return local
         except AvaError as exc:
             log.warning("platform API: cannot open the training instance (%s); continuing as a local instance", exc)
             return None
 
     def finish(self, instance_id: str, status: str, err_msg: str, start_time: str, stop_time: str) -> None:
-        spec = dict(self.spec, id=instance_id, status=status, errMsg=err_msg, startTime=start_time, stopTime=stop_time)
+        remote = self.remote_id or instance_id  # the platform's own id, when it gave one that is not a name here
+        spec = dict(self.spec, id=remote, status=status, errMsg=err_msg, startTime=start_time, stopTime=stop_time)
         try:
-            self.client.update_instance(self.training, instance_id, spec)
+            self.client.update_instance(self.training, remote, spec)
         except AvaError as exc:
             log.warning("platform API: cannot report the end of instance %s (%s); status.json has it", instance_id, exc)

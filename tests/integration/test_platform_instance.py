@@ -60,3 +60,120 @@ def test_unreachable_api_degrades_to_a_local_instance_in_bounded_time(ws, caplog
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("continuing as a local instance" in w for w in warnings)
     assert any("status.json has it" in w for w in warnings)
+
+
+class _OddServer:
+    """A platform API on 127.0.0.1 that answers every request with ``answer(conn)`` (raw HTTP)."""
+
+    def __init__(self, answer):
+        import socket
+        import threading
+
+        self.answer = answer
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.stopping = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        import threading
+
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn):
+        try:
+            conn.recv(65536)
+            self.answer(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.stopping = True
+        self.sock.close()
+
+
+def _trickle(conn):
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+    for _ in range(60):  # one byte a second: every read succeeds, the answer never ends
+        conn.sendall(b" ")
+        time.sleep(1.0)
+
+
+def _json(body):
+    def answer(conn):
+        data = json.dumps(body).encode()
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(data), data))
+    return answer
+
+
+def test_a_server_that_trickles_its_answer_is_cut_at_the_deadline(ws, caplog):
+    from ava.errors import PlatformError
+
+    server = _OddServer(_trickle)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(PlatformError, match="unreachable"):
+            PlatformClient(server.url, deadline=1.5, retries=0).get_instance("t", "x")
+        assert time.monotonic() - t0 < 5
+        t0 = time.monotonic()
+        ins = train.TrainInstance(workspace=ws.root, setup_logging=False,
+                                  env={"AVA_API_HOST": server.url, "AVA_DONE_TIMEOUT": "2"})
+        ins.done()
+        assert time.monotonic() - t0 < 15  # open and finish, each bounded by the deadline
+        assert json.loads(ins.status_path.read_text())["status"] == "done"
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("body", [[1, 2, 3], "hello", None])
+def test_an_answer_that_is_json_but_not_an_object_is_a_warning_and_a_local_instance(ws, caplog, body):
+    server = _OddServer(_json(body))
+    try:
+        caplog.set_level(logging.WARNING)
+        ins = train.TrainInstance("given", workspace=ws.root, setup_logging=False, env={"AVA_API_HOST": server.url})
+        ins.done()
+        assert json.loads(ins.status_path.read_text())["status"] == "done"
+        assert any("not an object" in r.getMessage() for r in caplog.records)
+    finally:
+        server.close()
+
+
+def test_a_platform_id_that_cannot_be_a_directory_name_is_cleaned_here_and_kept_there(ws, platform, caplog):
+    from ava.platform_server import PlatformServer  # noqa: F401 - the reference server stores what it is given
+
+    caplog.set_level(logging.WARNING)
+    seen = []
+
+    def create(training, spec, real=PlatformClient.create_instance):
+        doc = real(PlatformClient(platform.url), training, {**spec, "id": "a b/../c"})
+        seen.append(doc["id"])
+        return doc
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(PlatformClient, "create_instance", lambda self, t, s: create(t, s)):
+        ins = train.TrainInstance(workspace=ws.root, setup_logging=False, env={"AVA_API_HOST": platform.url})
+    assert seen == ["a b/../c"] and "/" not in ins.get_training_ins_id() and ins.get_training_ins_id() != "a b/../c"
+    assert any("cannot be a directory name" in r.getMessage() for r in caplog.records)
+    ins.done()
+    assert PlatformClient(platform.url).get_instance("default", "a b/../c")["status"] == "done"
+
+
+def test_a_config_file_that_cannot_be_read_is_one_warning(ws, caplog):
+    (ws.root / "config").mkdir()
+    (ws.root / "config" / "worker").symlink_to("/proc/self/mem")  # reading it fails with EIO
+    (ws.root / "config" / "user").write_text(json.dumps({"key": 1, "secret": 2}))
+    caplog.set_level(logging.WARNING)
+    ins = train.TrainInstance(workspace=ws.root, setup_logging=False, env={})
+    ins.done()
+    text = caplog.text
+    assert "cannot be read" in text and "config/worker" in text
