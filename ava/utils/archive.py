@@ -21,9 +21,11 @@ Example:
 
 from __future__ import annotations
 
+import lzma
 import os
 import posixpath
 import tarfile
+import zlib
 from pathlib import Path
 
 from ava.errors import UsageError
@@ -58,24 +60,61 @@ def check_member(member: tarfile.TarInfo, archive: str) -> None:
         raise refuse("is a device file")
 
 
+def _check_links(members: list[tarfile.TarInfo], archive: str) -> None:
+    """Refuse an archive that writes through one of its own symlinks, or whose symlink points
+    through another: each link is checked alone, so a chain (``a -> .``, ``a/b -> ..``) could
+    otherwise lead outside."""
+    links = {posixpath.normpath(m.name.replace("\\", "/")) for m in members if m.issym()}
+    if not links:
+        return
+    for member in members:
+        name = posixpath.normpath(member.name.replace("\\", "/"))
+        paths = [name]
+        if member.issym():  # not normalised: "a/.." must be seen going through "a"
+            paths.append(posixpath.join(posixpath.dirname(name), member.linkname.replace("\\", "/")))
+        for path in paths:
+            parts = path.split("/")
+            for i in range(1, len(parts)):
+                if posixpath.normpath("/".join(parts[:i])) in links:
+                    raise UsageError(f"refusing to extract {archive}: member {member.name!r} goes through the "
+                                     f"symlink {'/'.join(parts[:i])!r} of the same archive; nothing was extracted")
+
+
 def extract_tar(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) -> list[Path]:
     """Extract ``archive`` (any compression ``tarfile`` reads) into ``dest``; returns the files written.
 
     Raises:
-        UsageError: a member would escape ``dest`` (named in the message); nothing is written.
+        UsageError: a member would escape ``dest`` (named in the message): nothing is written; or
+            the archive is damaged: one line naming it (when the damage is found only after its
+            headers, the members before it have been written).
     """
     dest = Path(dest)
     shown = Path(archive).name
-    with tarfile.open(archive) as tar:
-        members = tar.getmembers()
+    tar = None
+    try:
+        tar = tarfile.open(archive)
+        members = tar.getmembers()  # reads every header: a damaged archive fails here, before any write
+    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
+        if tar is not None:
+            tar.close()
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # the file itself cannot be read: the caller's OSError
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UsageError(f"{shown} is not a complete tar archive ({first}); nothing was extracted") from None
+    with tar:
         for member in members:
             check_member(member, shown)
+        _check_links(members, shown)
         dest.mkdir(parents=True, exist_ok=True)
-        if not hasattr(tarfile, "data_filter"):  # Python before 3.11.4/3.10.12/3.9.17: our checks only
-            tar.extractall(dest, members=members)
-        else:
-            try:
+        try:
+            if not hasattr(tarfile, "data_filter"):  # Python before 3.11.4/3.10.12/3.9.17: our checks only
+                tar.extractall(dest, members=members)
+            else:
                 tar.extractall(dest, members=members, filter="data")
-            except tarfile.FilterError as exc:
-                raise UsageError(f"refusing to extract {shown}: {exc}") from None
+        except tarfile.FilterError as exc:
+            raise UsageError(f"refusing to extract {shown}: {exc}") from None
+        except (tarfile.ReadError, EOFError, zlib.error, lzma.LZMAError) as exc:  # cut short after the headers
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise UsageError(f"{shown} is not a complete tar archive ({first}); the members before the damage "
+                             f"are in {dest}") from None
     return sorted(dest / m.name for m in members if m.isfile())

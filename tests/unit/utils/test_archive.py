@@ -48,6 +48,8 @@ def test_a_plain_archive_is_extracted(tmp_path):
     ([("sym", "link", "/etc"), ("file", "link/evil", "x")], "'link' is a symlink to '/etc'"),
     ([("sym", "d/link", "../../outside"), ("file", "d/link/evil", "x")], "'d/link' is a symlink to '../../outside'"),
     ([("lnk", "hard", "../outside")], "'hard' is a hard link"),
+    ([("sym", "a", "."), ("sym", "a/b", ".."), ("file", "b/x", "x")], "'a/b' goes through the symlink 'a'"),
+    ([("sym", "a", "."), ("sym", "b", "a/.."), ("file", "c", "x")], "'b' goes through the symlink 'a'"),
 ])
 def test_members_that_escape_are_refused_before_anything_is_written(tmp_path, members, named):
     archive = make_tar(tmp_path / "bad.tar.gz", [("file", "first.txt", "ok"), *members])
@@ -55,3 +57,18 @@ def test_members_that_escape_are_refused_before_anything_is_written(tmp_path, me
         extract_tar(archive, tmp_path / "out")
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out").exists() and not (tmp_path / "evil").exists()
+
+
+@pytest.mark.parametrize("name, cut", [("t.tgz", 0.5), ("t.tgz", 0.02), ("empty.tar", 0), ("text.tar", None)])
+def test_a_damaged_archive_is_one_line_naming_it(tmp_path, name, cut):
+    import os
+
+    good = make_tar(tmp_path / "full.tgz", [("file", f"f{i}.txt", os.urandom(3000).hex()) for i in range(3)])
+    data = good.read_bytes()
+    bad = tmp_path / name
+    bad.write_bytes(b"not an archive at all\n" if cut is None else data[:int(len(data) * cut)])
+    with pytest.raises(UsageError, match=f"{name} is not a complete tar archive") as info:
+        extract_tar(bad, tmp_path / "out")
+    assert "\n" not in str(info.value)
+    if cut in (None, 0):  # found at the headers: nothing written
+        assert not (tmp_path / "out").exists()
