@@ -201,7 +201,13 @@ def test_torchrun_preempted_by_sigterm_resumes_from_its_snapshot(tmp_path):
         assert [r["seq"] for r in mine] == list(range(len(mine)))
         steps = [r["step"] for r in mine if r.get("name") == "loss"]
         rewinds = [(a, b) for a, b in zip(steps, steps[1:]) if b <= a]
-        assert len(rewinds) == 1, rewinds  # the one rewind: back to the step of the checkpoint
+        resumed_at = (int(saved.split("-")[1]) + 1) * 10  # the step of the checkpoint resumed from
+        # One rewind back to the checkpoint's step, unless the stop came right at the end of an
+        # epoch (a loaded machine can be that late): then the record simply goes on.
+        if rewinds:
+            assert len(rewinds) == 1 and rewinds[0][0] > resumed_at and rewinds[0][1] == resumed_at + 1, rewinds
+        else:
+            assert resumed_at in steps and steps[steps.index(resumed_at) + 1] == resumed_at + 1, steps
         assert steps[-1] == epochs * 10
         assert any(r.get("event") == "resume" for r in mine)
     print(f"FIGURE torchrun-sigterm: torchrun exit {first_code} {took:.2f} s after SIGTERM; resumed both ranks "
