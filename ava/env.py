@@ -337,6 +337,8 @@ def config_path(config_dir: Path, name: str) -> Path | None:
     for candidate in (config_dir / name, config_dir / f"{name}.json"):
         if candidate.is_file():
             return candidate
+        if candidate.is_dir():
+            log.warning("platform config %s is a directory, not a file; not used", candidate)
     return None
 
 

@@ -135,7 +135,9 @@ class PlatformClient:
     def create_instance(self, training: str, spec: dict[str, Any]) -> dict[str, Any]:
         """POST /v1/trainings/<training>/instances; returns the created instance (with ``id``)."""
         doc = self._call("POST", f"/v1/trainings/{quote(training, safe='')}/instances", spec)
-        if not doc or not doc.get("id"):
+        if doc is None:
+            raise PlatformError(f"POST /v1/trainings/{training}/instances: HTTP 404 (no such training on the platform?)")
+        if not doc.get("id"):
             raise PlatformError("the platform created an instance but returned no id")
         return doc
 

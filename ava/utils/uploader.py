@@ -43,6 +43,8 @@ class Uploader:
         bucket = bucket or self.bucket
         if not bucket:
             raise UsageError(f"no bucket to upload {filepath} to: pass bucket= or call set_bucket()")
+        if "/" in bucket or bucket.strip() != bucket:
+            raise UsageError(f"bucket {bucket!r} is not a bucket name (no '/' or spaces); put the path in the key")
         path = Path(filepath)
         if not path.is_file():
             raise ObjectNotFoundError(f"cannot upload {path}: no such file")

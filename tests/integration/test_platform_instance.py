@@ -177,3 +177,17 @@ def test_a_config_file_that_cannot_be_read_is_one_warning(ws, caplog):
     ins.done()
     text = caplog.text
     assert "cannot be read" in text and "config/worker" in text
+
+
+def test_a_404_when_creating_the_instance_says_so(ws, caplog):
+    def not_found(conn):
+        conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+
+    server = _OddServer(not_found)
+    try:
+        caplog.set_level(logging.WARNING)
+        ins = train.TrainInstance(workspace=ws.root, setup_logging=False, env={"AVA_API_HOST": server.url})
+        ins.done()
+        assert any("HTTP 404 (no such training on the platform?)" in r.getMessage() for r in caplog.records)
+    finally:
+        server.close()

@@ -36,6 +36,18 @@ def test_hosts_and_keys_fall_back_to_config_files(tmp_path):
     assert Env({"AVA_STATUS_HOST": "http://env"}).status_host(tmp_path) == "http://env"
 
 
+def test_config_values_of_the_wrong_type_or_a_directory_are_warned_about_and_not_used(tmp_path, caplog):
+    (tmp_path / "worker").write_text(json.dumps({"atnet_apiserver_host": 8080, "atnet_status_host": ["http://x"]}))
+    (tmp_path / "user").mkdir()
+    env = Env({})
+    with caplog.at_level("WARNING", logger="ava.env"):
+        assert env.api_host(tmp_path) is None and env.status_host(tmp_path) is None
+        assert env.credentials(tmp_path) == (None, None)
+    assert "'atnet_apiserver_host' should be text, got int" in caplog.text and str(tmp_path / "worker") in caplog.text
+    assert "'atnet_status_host' should be text, got list" in caplog.text
+    assert f"{tmp_path / 'user'} is a directory, not a file" in caplog.text
+
+
 def test_missing_config_reads_as_empty(tmp_path):
     assert read_config(tmp_path, "trainingspec") == {}
 

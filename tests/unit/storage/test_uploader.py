@@ -30,3 +30,11 @@ def test_clear_errors_before_any_network(tmp_path):
         Uploader("ak", "sk").upload_file(tmp_path / "x", "k")
     with pytest.raises(ObjectNotFoundError, match="no such file"):
         Uploader("ak", "sk", bucket="b").upload_file(tmp_path / "missing.bin", "k")
+
+
+@pytest.mark.parametrize("bucket", ["a/b", " a", "a "])
+def test_a_bucket_that_is_not_a_name_is_refused(tmp_path, bucket):
+    f = tmp_path / "f.bin"
+    f.write_bytes(b"x")
+    with pytest.raises(UsageError, match="is not a bucket name"):
+        Uploader("AK", "SK").upload_file(f, "k", bucket=bucket)
