@@ -66,10 +66,12 @@ class PlatformClient:
                 raise UsageError("signing platform requests needs qiniu: pip install 'ava-sdk[qiniu]'") from None
             self._auth = QiniuMacRequestsAuth(QiniuMacAuth(access_key, secret_key))
 
-    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        """One API call; None for 404; PlatformError for anything else that is not 2xx."""
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None,
+              deadline: float | None = None) -> dict[str, Any] | None:
+        """One API call; None for 404; PlatformError for anything else that is not 2xx.
+        ``deadline`` (seconds) shortens the client's own for this call."""
         url = self.base_url + path
-        end = time.monotonic() + self._deadline
+        end = time.monotonic() + (self._deadline if deadline is None else min(self._deadline, max(0.5, deadline)))
         attempt = 0
         while True:
             remaining = end - time.monotonic()
@@ -144,8 +146,10 @@ class PlatformClient:
     def get_instance(self, training: str, instance_id: str) -> dict[str, Any] | None:
         return self._call("GET", f"/v1/trainings/{quote(training, safe='')}/instances/{quote(instance_id, safe='')}")
 
-    def update_instance(self, training: str, instance_id: str, spec: dict[str, Any]) -> dict[str, Any] | None:
-        return self._call("PUT", f"/v1/trainings/{quote(training, safe='')}/instances/{quote(instance_id, safe='')}", spec)
+    def update_instance(self, training: str, instance_id: str, spec: dict[str, Any], *,
+                        deadline: float | None = None) -> dict[str, Any] | None:
+        return self._call("PUT", f"/v1/trainings/{quote(training, safe='')}/instances/{quote(instance_id, safe='')}", spec,
+                          deadline)
 
     def create_model(self, spec: dict[str, Any]) -> dict[str, Any] | None:
         """POST /v1/models: register a model (``name``, ``type``, ``file``, ...)."""

@@ -505,8 +505,10 @@ class TrainInstance:
             finally:
                 self._forget()
             if self._platform is not None:
+                # What is left of done()'s budget (at least half a second): one bound for the whole call.
                 self._platform.finish(self.training_ins_id, status, str(err_msg or ""),
-                                      self._status_doc["start_time"], self._status_doc["stop_time"])
+                                      self._status_doc["start_time"], self._status_doc["stop_time"],
+                                      deadline=end - time.monotonic())
             log.info("training instance %s %s", self.training_ins_id, status)
 
     def _forget(self) -> None:

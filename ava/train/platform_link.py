@@ -82,10 +82,11 @@ class PlatformLink:
             log.warning("platform API: cannot open the training instance (%s); continuing as a local instance", exc)
             return None
 
-    def finish(self, instance_id: str, status: str, err_msg: str, start_time: str, stop_time: str) -> None:
+    def finish(self, instance_id: str, status: str, err_msg: str, start_time: str, stop_time: str, *,
+               deadline: float | None = None) -> None:
         remote = self.remote_id or instance_id  # the platform's own id, when it gave one that is not a name here
         spec = dict(self.spec, id=remote, status=status, errMsg=err_msg, startTime=start_time, stopTime=stop_time)
         try:
-            self.client.update_instance(self.training, remote, spec)
+            self.client.update_instance(self.training, remote, spec, deadline=deadline)
         except AvaError as exc:
             log.warning("platform API: cannot report the end of instance %s (%s); status.json has it", instance_id, exc)

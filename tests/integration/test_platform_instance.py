@@ -191,3 +191,21 @@ def test_a_404_when_creating_the_instance_says_so(ws, caplog):
         assert any("HTTP 404 (no such training on the platform?)" in r.getMessage() for r in caplog.records)
     finally:
         server.close()
+
+
+def test_done_keeps_to_its_budget_when_both_platform_hosts_hang(ws):
+    def hang(conn):
+        time.sleep(30)
+
+    server = _OddServer(hang)
+    try:
+        ins = train.TrainInstance(workspace=ws.root, setup_logging=False,
+                                  env={"AVA_API_HOST": server.url, "AVA_STATUS_HOST": server.url, "AVA_DONE_TIMEOUT": "2"})
+        ins.log_metrics({"loss": 1.0}, step=1)
+        t0 = time.monotonic()
+        ins.done()
+        took = time.monotonic() - t0
+        assert took < 4.0, took  # delivery and the platform update share the 2 s (it was 2 s each)
+        assert json.loads(ins.status_path.read_text())["status"] == "done"
+    finally:
+        server.close()
