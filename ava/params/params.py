@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
@@ -131,8 +132,16 @@ def _parse(path: Path) -> dict[str, Any]:
 
 
 def _parse_json(path: Path, text: str) -> Any:
+    def no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:  # JSON keeps the last one silently; a repeated key is nearly always a slip
+                log.warning("params file %s: key %r appears twice in one object; the last value is used", path, key)
+            out[key] = value
+        return out
+
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=no_repeats)
     except json.JSONDecodeError as exc:
         raise ParamsError(
             f"params file {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
@@ -235,6 +244,12 @@ class Params:
     @property
     def path(self) -> Path | None:
         """The params file in use, or None when there is none."""
+        for name in PARAMS_FILES:
+            candidate = self.params_dir / name
+            if candidate.is_dir():
+                raise ParamsError(f"params file {candidate} is a directory, not a file")
+            if candidate.is_symlink() and not candidate.exists():
+                raise ParamsError(f"params file {candidate} is a symlink to {os.readlink(candidate)!r}, which does not exist")
         found = [self.params_dir / name for name in PARAMS_FILES if (self.params_dir / name).is_file()]
         if len(found) > 1:
             log.warning("several params files in %s; using %s", self.params_dir, found[0].name)

@@ -159,3 +159,22 @@ def test_values_are_never_logged(pdir, caplog):
     p.get_value("missing", default=None)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "S3CR3T-VALUE" not in text and "T0KEN" not in text
+
+
+def test_a_key_repeated_in_one_object_is_warned_about(pdir, caplog):
+    (pdir / "default.json").write_text('{"lr": 0.1, "epochs": 3, "lr": 0.5}')
+    with caplog.at_level("WARNING", logger="ava.params.params"):
+        assert Params(pdir).get_value("lr") == 0.5
+    assert "key 'lr' appears twice" in caplog.text and "default.json" in caplog.text
+
+
+@pytest.mark.parametrize("make, said", [
+    (lambda p: p.mkdir(), "is a directory, not a file"),
+    (lambda p: p.symlink_to(p.parent / "gone.json"), "which does not exist"),
+])
+def test_a_params_path_that_is_not_a_file_is_a_clear_error_not_a_missing_key(pdir, make, said):
+    from ava.errors import ParamsError
+
+    make(pdir / "default.json")
+    with pytest.raises(ParamsError, match=said):
+        Params(pdir).get_value("lr")
