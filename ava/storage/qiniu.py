@@ -401,8 +401,11 @@ class QiniuStorage(Storage):
             return qiniu.put_file_v2(token, key, str(local), upload_progress_recorder=recorder, regions=regions,
                                      part_size=BLOCK_SIZE, version="v2", bucket_name=bucket)
 
-        ret, _ = self._call(f"upload of {local} to", url, put)
-        got = (ret or {}).get("hash")
+        ret, info = self._call(f"upload of {local} to", url, put)
+        if not isinstance(ret, dict) or "hash" not in ret:  # a 2xx that is not Kodo's answer (a proxy, a wrong host)
+            raise StorageError(f"upload of {local} to {url}: the upload host answered without the stored file's hash "
+                               f"({self._detail(info)}); is the upload host a Kodo one?")
+        got = ret.get("hash")
         if got != expected:
             raise StorageError(f"upload of {local} to {url}: Kodo stored hash {got!r}, the file's is {expected!r} "
                                "(did it change during the upload?); upload it again")

@@ -565,6 +565,36 @@ def test_qiniu_upload_checks_the_returned_hash(monkeypatch, kodo, tmp_path):
         get_storage("qiniu://hashes/").upload(write(tmp_path / "a", 10), "qiniu://hashes/a")
 
 
+def test_qiniu_upload_to_a_host_that_is_not_kodo_says_so(monkeypatch, kodo, tmp_path):
+    import http.server
+    import threading
+
+    class NotKodo(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the stdlib's name
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = b"<html>welcome to the proxy</html>"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotKodo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        use_backends(monkeypatch)
+        for name, value in kodo.env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("AVA_QINIU_UP_HOST", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setenv("AVA_QINIU_RESUME_DIR", str(tmp_path / "resume"))
+        with pytest.raises(StorageError, match="the upload host answered without the stored file's hash.*proxy"):
+            get_storage("qiniu://b/").upload(write(tmp_path / "a", 10), "qiniu://b/a")
+    finally:
+        server.shutdown()
+
+
 def test_qiniu_helpers():
     from ava.env import Env
     from ava.storage.qiniu import KodoEtag, QiniuStorage, token_lifetime
