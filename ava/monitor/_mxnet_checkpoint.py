@@ -191,6 +191,8 @@ class EpochEndCallback:
         self.snapshot_dir = Path(train_ins.get_snapshot_base_path())
         self._learned: str | None = None  # the prefix found in the snapshot directory
         self._state = _state(train_ins)
+        if self.batch_of_epoch:
+            self._state.batch_of_epoch = self.batch_of_epoch
         _capture_validation(train_ins, None, self.batch_of_epoch)
         self._submitter = _OrderedSubmitter(train_ins, float(wait_timeout))
         self._state.submitters.add(self._submitter)

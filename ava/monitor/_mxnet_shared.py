@@ -39,6 +39,7 @@ class _RunState:
         self.capture: _ValidationCapture | None = None
         self.lock = threading.Lock()
         self.submitters: "weakref.WeakSet[_OrderedSubmitter]" = weakref.WeakSet()
+        self.batch_of_epoch: int | None = None  # given to any of the callbacks (the guide gives it to one)
         hooks = getattr(train_ins, "_before_done", None)
         if isinstance(hooks, list):
             hooks.append(self.settle)
@@ -64,6 +65,7 @@ class _RunState:
     def step_for_epoch(self, epoch: int, batch_of_epoch: int | None) -> int | None:
         if epoch in self.epoch_steps:
             return self.epoch_steps[epoch]
+        batch_of_epoch = batch_of_epoch or self.batch_of_epoch
         if batch_of_epoch:
             return (epoch + 1) * batch_of_epoch
         return self.last_step
@@ -90,6 +92,8 @@ class _ValidationCapture(logging.Handler):
         self.batch_of_epoch = batch_of_epoch
         self._loggers: list[logging.Logger] = []
         self._last: logging.LogRecord | None = None
+        self._names_epoch: int | None = None
+        self._names: dict[str, int] = {}  # name -> times printed in that epoch
 
     def attach(self, logger: logging.Logger) -> None:
         if logger not in self._loggers:
@@ -123,6 +127,13 @@ class _ValidationCapture(logging.Handler):
             if ins is None:
                 self.detach()
                 return
+            # Two metrics of one name (two heads with Accuracy) are printed alike: number them
+            # as the training records are (accuracy, accuracy_2), in the order fit prints them.
+            if epoch != self._names_epoch:
+                self._names_epoch, self._names = epoch, {}
+            seen = self._names.get(name, 0)
+            self._names[name] = seen + 1
+            name = name if seen == 0 else f"{name}_{seen + 1}"
             with st.lock:
                 if (epoch, name) in st.val_reported:
                     return

@@ -102,6 +102,8 @@ class BatchEndCallback:
         self.batch_freq = _positive_int(batch_freq, "batch_freq")
         self.batch_of_epoch = None if batch_of_epoch is None else _positive_int(batch_of_epoch, "batch_of_epoch")
         self._state = _state(train_ins)
+        if self.batch_of_epoch:
+            self._state.batch_of_epoch = self.batch_of_epoch
         _capture_validation(train_ins, None, self.batch_of_epoch)
         train_ins.should_stop()  # a stop request now waits for the end of a batch
         self._reader = WindowReader()
@@ -122,6 +124,8 @@ class BatchEndCallback:
         try:  # the batch's work inline: this runs after every batch of training
             nbatch = param.nbatch
             epoch = param.epoch
+            if nbatch == self._last_nbatch and epoch == self._epoch:
+                return  # the same batch again: this callback is listed twice in batch_end_callback
             loc = param.locals or _NO_LOCALS
             if epoch != self._epoch or nbatch < self._last_nbatch:
                 self._new_epoch(epoch, loc)
@@ -158,8 +162,10 @@ class BatchEndCallback:
 
     def _new_epoch(self, epoch: int, loc: dict[str, Any]) -> None:
         if self._epoch is None:
-            if epoch > 0 and self.batch_of_epoch:
-                self._base = epoch * self.batch_of_epoch
+            # The guide gives batch_of_epoch to the epoch-end callback only: take it from there.
+            per_epoch = self.batch_of_epoch or self._state.batch_of_epoch
+            if epoch > 0 and per_epoch:
+                self._base = epoch * per_epoch
         else:
             self._base += self._last_nbatch + 1
         self._epoch = epoch

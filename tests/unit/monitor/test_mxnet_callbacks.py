@@ -321,6 +321,53 @@ def test_a_checkpoint_that_appears_before_done_is_still_uploaded(ins):
     assert (stored / "m-0001.params").read_bytes() == b"1"
 
 
+def test_the_callback_listed_twice_reports_each_batch_once(ins):
+    i = ins()
+    train_iter, _ = make_data()
+    cb = i.get_monitor_callback("mxnet", batch_size=BATCH, batch_freq=1)
+    once = ins()
+    cb_once = once.get_monitor_callback("mxnet", batch_size=BATCH, batch_freq=1)
+    mx.random.seed(0)
+    fit(mx.mod.Module(mlp(), context=mx.cpu()), train_iter, epochs=1,
+        batch_end_callback=[cb, mx.callback.Speedometer(BATCH, 3), cb])
+    train_iter.reset()
+    mx.random.seed(0)
+    fit(mx.mod.Module(mlp(), context=mx.cpu()), train_iter, epochs=1, batch_end_callback=[cb_once])
+    twice = [(r["batch"], r["name"]) for r in records(i, phase="train") if r["batch"] is not None]
+    assert twice == [(r["batch"], r["name"]) for r in records(once, phase="train") if r["batch"] is not None]
+    assert len(twice) == len(set(twice))
+    assert max(r["value"] for r in records(i, name="samples")) == N_TRAIN
+
+
+def test_two_metrics_of_one_name_keep_their_numbers_in_validation(ins, caplog):
+    caplog.set_level(logging.INFO)  # fit logs its validation lines at INFO: what the capture reads
+    i = ins()
+    train_iter, val_iter = make_data()
+    metric = mx.metric.CompositeEvalMetric([mx.metric.Accuracy(), mx.metric.Accuracy()])
+    fit(mx.mod.Module(mlp(), context=mx.cpu()), train_iter, val_iter, epochs=1, eval_metric=metric,
+        batch_end_callback=i.get_monitor_callback("mxnet", batch_size=BATCH, batch_freq=5),
+        eval_end_callback=None)
+    val = records(i, phase="val")
+    assert sorted(r["name"] for r in val) == ["accuracy", "accuracy_2"]
+    assert {r["name"] for r in records(i, phase="train")} >= {"accuracy", "accuracy_2"}
+
+
+def test_resume_with_the_guides_calls_continues_the_step_count(ins, tmp_path):
+    i = ins()
+    train_iter, _ = make_data()
+    per_epoch = -(-N_TRAIN // BATCH)
+    batch_cb = i.get_monitor_callback("mxnet", batch_size=BATCH, batch_freq=2)  # no batch_of_epoch, as the guide
+    epoch_cb = i.get_epoch_end_callback("mxnet", batch_of_epoch=per_epoch, epoch_interval=1, other_files=[],
+                                        prefix=str(tmp_path / "m"))
+    fit(mx.mod.Module(mlp(), context=mx.cpu()), train_iter, epochs=3, begin_epoch=2,
+        batch_end_callback=batch_cb, epoch_end_callback=[mx.callback.do_checkpoint(str(tmp_path / "m")), epoch_cb])
+    steps = [r["step"] for r in records(i, phase="train", name="samples")]
+    assert steps and min(steps) > 2 * per_epoch  # counted from the epoch fit began at
+    assert epoch_cb.wait(30) and i.snapshot_uploader.wait(30)
+    (event,) = records(i, event="snapshot")
+    assert event["step"] == 3 * per_epoch
+
+
 def test_upload_failure_keeps_training_and_files(ins, tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(registry.BACKENDS, "down", (f"{__name__}:DownStorage", ""))
     monkeypatch.setattr(registry, "_instances", {})
