@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -108,6 +109,17 @@ class SnapshotUploader:
     def pending(self) -> list[str]:
         with self._cond:
             return [s["id"] for s in self._snapshots if s["state"] == PENDING]
+
+    def missing(self) -> dict[str, list[str]]:
+        """The pending snapshots that name files not on disk: snapshot -> those paths."""
+        with self._cond:
+            pending = [(s["id"], list(s["files"])) for s in self._snapshots if s["state"] == PENDING]
+        out: dict[str, list[str]] = {}
+        for name, files in pending:
+            gone = [f for f in files if not os.path.exists(f)]
+            if gone:
+                out[name] = gone
+        return out
 
     def status(self, key_prefix: str) -> str | None:
         with self._cond:

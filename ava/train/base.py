@@ -470,9 +470,17 @@ class TrainInstance:
             # Uploads first: their upload_bytes/upload_seconds records still reach the writer.
             if self._uploader is not None:
                 if not self._uploader.wait(budget):
-                    log.warning("instance %s: snapshots %s not uploaded within %.1f s; their files are kept and the "
-                                "next run of this instance uploads them", self.training_ins_id,
-                                ", ".join(self._uploader.pending()), budget)
+                    missing = self._uploader.missing()
+                    waiting = [n for n in self._uploader.pending() if n not in missing]
+                    if waiting:
+                        log.warning("instance %s: snapshots %s not uploaded within %.1f s; their files are kept and "
+                                    "the next run of this instance uploads them", self.training_ins_id,
+                                    ", ".join(waiting), budget)
+                    for name, paths in missing.items():  # not "uploaded later": their files are not there
+                        log.error("instance %s: snapshot %s names files that do not exist: %s; it is uploaded only "
+                                  "if they appear before the next run of this instance", self.training_ins_id,
+                                  name, ", ".join(paths))
+                        self.log_event("snapshot_failed", name=name, missing=paths, reason="files do not exist")
                 self._uploader.close(timeout=max(0.0, end - time.monotonic()))
             if self._children is not None:  # what forked children sent before this point
                 self._children.drain()

@@ -168,3 +168,19 @@ def test_meta_of_numpy_numbers_is_kept_as_numbers_and_other_objects_are_refused(
     manifest = json.loads((tmp_path / "store" / "epoch-0001" / "MANIFEST.json").read_text())
     assert manifest["meta"] == {"epoch": 0, "acc": 0.5, "tags": ["x", 3]}
     assert up.status("epoch-0002") is None  # refused at the call: nothing queued
+
+
+def test_done_names_the_files_of_a_snapshot_that_do_not_exist(tmp_path, caplog):
+    from ava.metrics.sinks.jsonl import iter_records
+    from ava.train import base as train
+
+    ins = train.TrainInstance("gone", workspace=tmp_path / "ws", setup_logging=False, env={"AVA_DONE_TIMEOUT": "1"})
+    real = write(tmp_path / "out" / "real.caffemodel")
+    ins.save_snapshot([real, tmp_path / "out" / "never.solverstate"], "iter-00000100", step=100)
+    with caplog.at_level("WARNING", logger="ava.train.base"):
+        ins.done()
+    assert "snapshot iter-00000100 names files that do not exist" in caplog.text
+    assert str(tmp_path / "out" / "never.solverstate") in caplog.text and "next run of this instance uploads" not in caplog.text
+    (failed,) = [r for r in iter_records(ins.metrics_path) if r.get("event") == "snapshot_failed"]
+    assert failed["name"] == "iter-00000100" and failed["missing"] == [str(tmp_path / "out" / "never.solverstate")]
+    assert real.exists()  # what exists is never touched
