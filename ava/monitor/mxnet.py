@@ -16,7 +16,9 @@ What reaches the record (CONTRACT.md section 5):
   A metric's value is the one over the batches since the previous report, which is what
   Speedometer prints; it is computed from the metric's global counters, which
   ``Speedometer(auto_reset=True)`` leaves alone, so the order of the callbacks does not matter
-  and the user's metric is never reset or changed.
+  and the user's metric is never reset or changed. F1, MCC and PCC have no additive global
+  counters: they are read from their local part, so with a ``Speedometer`` placed before this
+  callback (which has just reset it) they give the value since the epoch began instead.
 - At the last batch of an epoch: the epoch's values (``Epoch[e] Train-x=v``), ``batch`` null.
 - Validation: ``Module.fit`` scores ``eval_data`` after the epoch-end callbacks and logs
   ``Epoch[e] Validation-x=v`` through its logger. The callbacks install a handler on that logger
