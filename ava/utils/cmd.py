@@ -209,37 +209,37 @@ def logproc(proc: subprocess.Popen[Any], log_hook: LogHook = None, *, echo: bool
                 pipe = key.data
                 lines = pipe.read()
                 if lines is None:  # end of the stream
-                    sel.unregister(pipe.fd)
-                    pipe.file.close()
+                    lines = _close_pipe(sel, pipe)
                     open_pipes -= 1
-                    lines = pipe.splitter.finish()
                 if lines:
-                    if handler is not None or pipe.prefix:
-                        pipe.write_lines(lines, handler)
-                    if hooks:
-                        hooks.deliver(lines)
+                    _pass_on(pipe, lines, handler, hooks)
             if give_up and open_pipes:
-                _let_go(proc, sel, hooks, handler)
+                # The child exited EXIT_GRACE seconds ago and a process it left behind still holds
+                # the pipes: pass on the last partial lines and stop reading.
+                for key in list(sel.get_map().values()):
+                    lines = _close_pipe(sel, key.data)
+                    if lines:
+                        _pass_on(key.data, lines, handler, hooks)
+                _log.warning("command %s exited, but a process it started still holds its output open; not "
+                             "waiting for it (what it writes from now on is not captured)", _program(proc.args, {}))
                 break
     finally:
         sel.close()
 
 
-def _let_go(proc: subprocess.Popen[Any], sel: Any, hooks: Any, handler: Any) -> None:
-    """The child exited :data:`EXIT_GRACE` seconds ago and its pipes are still open: pass on the
-    last partial lines and stop reading (what a process left behind writes later is not kept)."""
-    for key in list(sel.get_map().values()):
-        pipe = key.data
-        sel.unregister(pipe.fd)
-        lines = pipe.splitter.finish()
-        if lines:
-            if handler is not None or pipe.prefix:
-                pipe.write_lines(lines, handler)
-            if hooks:
-                hooks.deliver(lines)
-        pipe.file.close()
-    _log.warning("command %s exited, but a process it started still holds its output open; not waiting for it "
-                 "(what it writes from now on is not captured)", _program(proc.args, {}))
+def _close_pipe(sel: Any, pipe: OutputPipe) -> list[str]:
+    """Stop reading ``pipe``; returns its last, unterminated line (if any) as lines to pass on."""
+    sel.unregister(pipe.fd)
+    pipe.file.close()
+    return pipe.splitter.finish()
+
+
+def _pass_on(pipe: OutputPipe, lines: list[str], handler: Any, hooks: HookList) -> None:
+    """Lines of one pipe to run.log (and the console, when prefixed) and to the hooks."""
+    if handler is not None or pipe.prefix:
+        pipe.write_lines(lines, handler)
+    if hooks:
+        hooks.deliver(lines)
 
 
 def run_and_forward(args: Args, log_hook: LogHook = None, *, echo: bool = True, prefix_stream: bool = False,
