@@ -126,20 +126,20 @@ class SnapshotHook:
         self.submitted: list[str] = []
 
     def __call__(self, line: str) -> None:
-        if self._at_next_line and "Saved optimizer state" not in line:
-            self._submit_waiting()
-        if "napshot" not in line and "checkpoint" not in line and "Saved " not in line:
-            return  # the cheap filter: only snapshot lines matter here
-        self.take(self.parser.parse_line(line), None)
+        # The cheap filter: only snapshot lines are parsed; any line can end a checkpoint's wait.
+        if "napshot" in line or "checkpoint" in line or "Saved " in line:
+            self.take(self.parser.parse_line(line), line)
+        elif self._at_next_line:
+            self.take([], line)
 
     @property
     def waiting(self) -> bool:
         """A checkpoint is held until the next line (an MXNet ``.states`` may follow it)."""
         return bool(self._at_next_line)
 
-    def take(self, records: list[dict[str, Any]], line: str | None) -> None:
-        """Act on the snapshot events among ``records`` (those of ``line``; None: already checked)."""
-        if self._at_next_line and line is not None and "Saved optimizer state" not in line:
+    def take(self, records: list[dict[str, Any]], line: str) -> None:
+        """Act on the snapshot events among ``records``, those of ``line``."""
+        if self._at_next_line and "Saved optimizer state" not in line:
             self._submit_waiting()
         for rec in records:
             if rec.get("event") == "snapshot" and rec.get("path"):
