@@ -246,11 +246,14 @@ class HttpSink(Sink):
         size = sum(map(len, lines)) + len(lines)
         # "\n" is never inside a UTF-8 sequence, so decoding once and splitting again is safe.
         text = b"\n".join(lines).decode("utf-8", "replace").split("\n")
+        return self._encode(text, offset), len(lines), offset + size, text
+
+    def _encode(self, lines: list[str], offset: int) -> bytes:
+        """Line protocol for ``lines`` (read from ``offset``), leaving out any it cannot read."""
         try:
-            body = encode_json_lines(text, self.instance_id)
+            return encode_json_lines(lines, self.instance_id)
         except ValueError:
-            body = self._encode_skipping_bad(text, offset)
-        return body, len(lines), offset + size, text
+            return self._encode_skipping_bad(lines, offset)
 
     def _encode_skipping_bad(self, lines: list[str], offset: int) -> bytes:
         parts = []
@@ -335,10 +338,7 @@ class HttpSink(Sink):
         refused: list[str] = []
         while parts:
             part = parts.pop(0)
-            try:
-                body = encode_json_lines(part, self.instance_id) if part else b""
-            except ValueError:
-                body = self._encode_skipping_bad(part, self.offset)
+            body = self._encode(part, self.offset) if part else b""
             if not body:
                 continue
             try:
