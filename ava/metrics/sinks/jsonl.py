@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ava.errors import InstanceError, MetricsError
-from ava.metrics.record import records_of
+from ava.metrics.record import plain_details, records_of
 from ava.metrics.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -272,8 +272,6 @@ def _repaired(item: Any) -> Any:
     if isinstance(item, dict):
         if "name" in item and "value" in item:
             return {**item, "value": fix(item["name"], item["value"])}
-        from ava.metrics.record import plain_details
-
         return plain_details(item, strict=False)  # an event whose details are not all JSON
     ts, step, epoch, batch, phase, metrics, net, units, seq, rank = item
     return (ts, step, epoch, batch, phase, {k: fix(k, v) for k, v in metrics.items()}, net, units, seq, rank)
