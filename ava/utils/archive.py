@@ -60,6 +60,14 @@ def check_member(member: tarfile.TarInfo, archive: str) -> None:
         raise refuse("is a device file")
 
 
+# What a cut or corrupt archive raises while its data is read.
+_DAMAGED = (tarfile.ReadError, EOFError, zlib.error, lzma.LZMAError)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _check_links(members: list[tarfile.TarInfo], archive: str) -> None:
     """Refuse an archive that writes through one of its own symlinks, or whose symlink points
     through another: each link is checked alone, so a chain (``a -> .``, ``a/b -> ..``) could
@@ -94,13 +102,12 @@ def extract_tar(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) -
     try:
         tar = tarfile.open(archive)
         members = tar.getmembers()  # reads every header: a damaged archive fails here, before any write
-    except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, OSError) as exc:
+    except (tarfile.TarError, *_DAMAGED, OSError) as exc:  # TarError: any header tarfile cannot read
         if tar is not None:
             tar.close()
         if isinstance(exc, OSError) and exc.errno is not None:
             raise  # the file itself cannot be read: the caller's OSError
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UsageError(f"{shown} is not a complete tar archive ({first}); nothing was extracted") from None
+        raise UsageError(f"{shown} is not a complete tar archive ({_first_line(exc)}); nothing was extracted") from None
     with tar:
         for member in members:
             check_member(member, shown)
@@ -113,8 +120,7 @@ def extract_tar(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) -
                 tar.extractall(dest, members=members, filter="data")
         except tarfile.FilterError as exc:
             raise UsageError(f"refusing to extract {shown}: {exc}") from None
-        except (tarfile.ReadError, EOFError, zlib.error, lzma.LZMAError) as exc:  # cut short after the headers
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise UsageError(f"{shown} is not a complete tar archive ({first}); the members before the damage "
-                             f"are in {dest}") from None
+        except _DAMAGED as exc:  # cut short after the headers
+            raise UsageError(f"{shown} is not a complete tar archive ({_first_line(exc)}); the members before the "
+                             f"damage are in {dest}") from None
     return sorted(dest / m.name for m in members if m.isfile())
