@@ -244,13 +244,15 @@ class Params:
     @property
     def path(self) -> Path | None:
         """The params file in use, or None when there is none."""
-        for name in PARAMS_FILES:
+        found = []
+        for name in PARAMS_FILES:  # one look at each name: this runs at every get_value
             candidate = self.params_dir / name
-            if candidate.is_dir():
+            if candidate.is_file():
+                found.append(candidate)
+            elif candidate.is_dir():
                 raise ParamsError(f"params file {candidate} is a directory, not a file")
-            if candidate.is_symlink() and not candidate.exists():
+            elif candidate.is_symlink() and not candidate.exists():
                 raise ParamsError(f"params file {candidate} is a symlink to {os.readlink(candidate)!r}, which does not exist")
-        found = [self.params_dir / name for name in PARAMS_FILES if (self.params_dir / name).is_file()]
         if len(found) > 1:
             log.warning("several params files in %s; using %s", self.params_dir, found[0].name)
         return found[0] if found else None
