@@ -28,15 +28,21 @@ def scheme_of(url: str) -> str:
     return head.lower() if sep else "file"
 
 
+def _known_scheme(url: str, error: type[Exception] = UsageError) -> str:
+    """``url``'s scheme; ``error`` naming the known ones when there is no backend for it."""
+    scheme = scheme_of(url)
+    if scheme not in BACKENDS:
+        raise error(f"unknown storage scheme {scheme!r} in {url!r}; known: {', '.join(sorted(BACKENDS))}")
+    return scheme
+
+
 def check_storage_url(url: str) -> str:
     """``url`` when it can name a storage location (known scheme, a bucket for s3/qiniu, an
     absolute path for file); else :class:`~ava.errors.StorageURLError` saying what is wrong.
     Imports no backend."""
     from ava.errors import StorageURLError
 
-    scheme = scheme_of(url)
-    if scheme not in BACKENDS:
-        raise StorageURLError(f"unknown storage scheme {scheme!r} in {url!r}; known: {', '.join(sorted(BACKENDS))}")
+    scheme = _known_scheme(url, StorageURLError)
     if scheme == "file":
         path = url[len("file://"):] if url.startswith("file://") else url
         if not path.startswith("/"):
@@ -48,9 +54,7 @@ def check_storage_url(url: str) -> str:
 
 def get_storage(url: str, **options: Any) -> Storage:
     """The backend for ``url``'s scheme; a plain path is ``file``."""
-    scheme = scheme_of(url)
-    if scheme not in BACKENDS:
-        raise UsageError(f"unknown storage scheme {scheme!r} in {url!r}; known: {', '.join(sorted(BACKENDS))}")
+    scheme = _known_scheme(url)
     key = scheme if not options else f"{scheme}:{sorted(options.items())}"
     if key not in _instances:
         path, hint = BACKENDS[scheme]
