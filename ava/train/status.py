@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ava.log.redact import redact
-from ava.utils.fileio import atomic_write_text
+from ava.utils.fileio import atomic_write_text, leftover_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class StatusFile:
         """
         prev = self.read()
         # A process that left at once (a second signal, SIGKILL) mid-write leaves its temp file.
-        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+        for stale in leftover_temp_files(self.path):
             try:
                 stale.unlink()
             except OSError:

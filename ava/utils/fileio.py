@@ -60,6 +60,16 @@ def new_file_mode(target: Path | str) -> int:
         return 0o666 & ~current_umask()
 
 
+_TMP_SUFFIX = ".tmp"
+
+
+def leftover_temp_files(path: Path | str) -> list[Path]:
+    """The temporary files :func:`atomic_write_bytes` left beside ``path`` when its process ended
+    mid-write (``os._exit``, SIGKILL): only safe to remove while no other process writes ``path``."""
+    path = Path(path)
+    return list(path.parent.glob(f".{path.name}.*{_TMP_SUFFIX}"))
+
+
 def atomic_write_bytes(path: Path | str, data: bytes, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix.
 
@@ -67,7 +77,7 @@ def atomic_write_bytes(path: Path | str, data: bytes, *, mode: int = 0o644) -> N
     the target. On any failure the temporary file is removed and the target is untouched.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
