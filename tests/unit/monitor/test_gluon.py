@@ -238,6 +238,13 @@ def test_plain_loop_takes_numpy_epochs_and_refuses_what_is_not_an_epoch(ins):
     assert json.loads((snaps / "epoch-0003" / "MANIFEST.json").read_text())["meta"]["epoch"] == 2
 
 
+def _loop(ins):
+    """A new net, its trainer and a LoopMonitor on ``ins`` (a loss every 5 batches)."""
+    net = make_net()
+    trainer = make_trainer(net)
+    return net, trainer, gluon_monitor.LoopMonitor(ins, batch_size=BATCH, log_every=5, trainer=trainer)
+
+
 def _train_epochs(net, trainer, mon, train_dl, epochs):
     loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
     for epoch in epochs:
@@ -254,9 +261,7 @@ def test_plain_loop_resumes_from_its_snapshot_downloaded_from_storage(tmp_path):
     ws = tmp_path / "ws"
     train_dl, _ = loaders()
     first = train.TrainInstance("gl-resume", workspace=ws, setup_logging=False)
-    net = make_net()
-    trainer = make_trainer(net)
-    mon = gluon_monitor.LoopMonitor(first, batch_size=BATCH, log_every=5, trainer=trainer)
+    net, trainer, mon = _loop(first)
     assert mon.resume(net, trainer) == (0, 0)  # a fresh instance: nothing to resume from
     _train_epochs(net, trainer, mon, train_dl, range(2))
     saved_step, saved_lr = mon.global_step, trainer.learning_rate
@@ -289,9 +294,7 @@ def test_resume_names_a_snapshot_it_cannot_restore_or_load(tmp_path, caplog):
     ws = tmp_path / "ws"
     train_dl, _ = loaders()
     first = train.TrainInstance("gl-damaged", workspace=ws, setup_logging=False)
-    net = make_net()
-    trainer = make_trainer(net)
-    mon = gluon_monitor.LoopMonitor(first, batch_size=BATCH, log_every=5, trainer=trainer)
+    net, trainer, mon = _loop(first)
     _train_epochs(net, trainer, mon, train_dl, range(2))
     first.done()
     stored = Path(first.storage_url[len("file://"):]) / "snapshots" / "epoch-0002"
@@ -300,13 +303,13 @@ def test_resume_names_a_snapshot_it_cannot_restore_or_load(tmp_path, caplog):
     good = (stored / "model-0002.params").read_bytes()
     (stored / "model-0002.params").write_bytes(good[:100])  # ... and damaged there too
     second = train.TrainInstance("gl-damaged", workspace=ws, setup_logging=False)
-    mon2 = gluon_monitor.LoopMonitor(second, batch_size=BATCH, log_every=5, trainer=make_trainer(make_net()))
+    _, _, mon2 = _loop(second)
     with pytest.raises(UsageError, match=r"snapshot epoch-0002: .*model-0002\.params cannot be loaded"):
         mon2.resume(make_net(), None)
     second.done()
     (stored / "model-0002.params").unlink()  # now gone from storage altogether
     third = train.TrainInstance("gl-damaged", workspace=ws, setup_logging=False)
-    mon3 = gluon_monitor.LoopMonitor(third, batch_size=BATCH, log_every=5, trainer=make_trainer(make_net()))
+    _, _, mon3 = _loop(third)
     with caplog.at_level("WARNING", logger="ava.train.resume"):
         assert mon3.resume(make_net(), None) == (0, 0)
     assert "snapshot epoch-0002 in " in caplog.text and "cannot be restored" in caplog.text
