@@ -1,13 +1,15 @@
 """Logging from many processes into one rotated file: :class:`MultiProcessingLogHandler`.
 
 ``MultiProcessingLogHandler`` is created once, in the process that owns the log file. That
-process runs a listener thread behind a Unix socket (in a private 0700 directory); every process
-that logs through the handler (the owner, forked children, spawned children that received the
+process runs a listener thread behind a Unix socket (in a private 0700 directory); every other
+process that logs through the handler (forked children, spawned children that received the
 handler as an argument) formats its record itself and sends it as one length-prefixed frame over
-its own connection. Only the listener writes the file and rotates it, one whole record at a
-time, so no line is lost, torn or interleaved. A sender killed mid-frame loses only that frame
-and cannot block the others (there is no lock shared between processes); a full socket makes
-the sender wait rather than drop.
+its own connection. Only the owner writes the file and rotates it, one whole record at a time
+under one lock (its own records directly, as ``FileHandler`` would: a line whose call returned
+is in the file even if the process then dies by ``os._exit`` or a signal; the others' from the
+listener thread), so no line is lost, torn or interleaved. A sender killed mid-frame loses only
+that frame and cannot block the others (there is no lock shared between processes); a full
+socket makes the sender wait rather than drop.
 
 It lives apart from :mod:`ava.log.logger` so that importing the logger (every ``import ava``)
 does not import ``socket``, ``selectors``, ``shutil`` and ``tempfile``;
@@ -43,9 +45,9 @@ from ava.log.redact import RedactingFilter, redact_values
 __all__ = ["MultiProcessingLogHandler"]
 
 _HEADER = struct.Struct("!I")
-_SYNC = 0x8000_0000  # a control frame: "tell the owner you got here"
 _RECV = 1 << 18
 _DRAIN_SECONDS = 2.0
+_ACCEPT_PAUSE = 0.1  # after accept() failed (no file descriptor free): try again this much later
 
 
 def _open_private(path: str, truncate: bool = False) -> Any:
@@ -121,14 +123,22 @@ class _Listener(threading.Thread):
         self._sel.register(self._server, selectors.EVENT_READ, None)
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._stopping = False
-        self._syncs = 0
-        self._sync_cond = threading.Condition()
+        self._write_lock = threading.Lock()  # the owner's threads write too (write())
         self._write_failed = False
+        self._accept_failed = False
+        self._accept_again = 0.0  # while > 0: the server is out of the selector until then
         self.dropped_partial = 0
 
     def run(self) -> None:
+        failed = False
         while not self._stopping:
-            self._poll(1.0)
+            try:
+                self._poll(1.0)
+            except Exception as exc:  # noqa: BLE001 - every process's logging waits on this thread
+                if not failed:
+                    failed = True
+                    sys.stderr.write(f"ava: log listener for {self._out.path}: {exc!r}; carrying on\n")
+                time.sleep(0.05)
         deadline = time.monotonic() + _DRAIN_SECONDS
         while time.monotonic() < deadline and self._poll(0):
             pass
@@ -142,9 +152,15 @@ class _Listener(threading.Thread):
         self._out.close()
 
     def _poll(self, timeout: float) -> bool:
+        if self._accept_again:
+            wait = self._accept_again - time.monotonic()
+            if wait <= 0:
+                self._accept_again = 0.0
+                self._sel.register(self._server, selectors.EVENT_READ, None)
+            else:
+                timeout = min(timeout, wait)
         events = self._sel.select(timeout)
         records: list[bytes] = []
-        syncs = 0
         for key, _ in events:
             if key.fileobj is self._server:
                 self._accept()
@@ -154,20 +170,22 @@ class _Listener(threading.Thread):
                 except OSError:
                     pass
             else:
-                syncs += self._read(key.fileobj, key.data, records)  # type: ignore[arg-type]
+                self._read(key.fileobj, key.data, records)  # type: ignore[arg-type]
         if records:
+            self.write(records)
+        return bool(events)
+
+    def write(self, records: list[bytes]) -> None:
+        """Write whole records (each ending in a newline); on failure, to stderr. Never raises."""
+        with self._write_lock:
             try:
                 self._out.write(records)
-            except Exception as exc:  # noqa: BLE001 - the listener must live: every process's logging waits on it
+                return
+            except Exception as exc:  # noqa: BLE001 - logging must go on: every process's waits on this
                 if not self._write_failed:
                     self._write_failed = True
                     sys.stderr.write(f"ava: cannot write log file {self._out.path}: {exc}; logging to stderr\n")
-                sys.stderr.write(b"".join(records).decode("utf-8", "replace"))
-        if syncs:  # only now is everything sent before the sync frames in the file
-            with self._sync_cond:
-                self._syncs += syncs
-                self._sync_cond.notify_all()
-        return bool(events)
+            sys.stderr.write(b"".join(records).decode("utf-8", "replace"))
 
     def _accept(self) -> None:
         while True:
@@ -175,38 +193,40 @@ class _Listener(threading.Thread):
                 conn, _ = self._server.accept()
             except (BlockingIOError, InterruptedError):
                 return
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: the connection waits in the backlog
+                if not self._accept_failed:
+                    self._accept_failed = True
+                    sys.stderr.write(f"ava: log listener for {self._out.path} cannot accept a connection "
+                                     f"now ({exc}); trying again\n")
+                self._sel.unregister(self._server)  # else select() reports it at once, again and again
+                self._accept_again = time.monotonic() + _ACCEPT_PAUSE
+                return
             conn.setblocking(False)
             self._sel.register(conn, selectors.EVENT_READ, bytearray())
 
-    def _read(self, conn: socket.socket, buf: bytearray, records: list[bytes]) -> int:
-        """Read what ``conn`` has; append whole records; return how many sync frames came."""
+    def _read(self, conn: socket.socket, buf: bytearray, records: list[bytes]) -> None:
+        """Read what ``conn`` has; append the whole records it completes."""
         try:
             data = conn.recv(_RECV)
         except (BlockingIOError, InterruptedError):
-            return 0
+            return
         except OSError:
             data = b""
         if not data:
             if buf:
                 self.dropped_partial += 1  # a sender died mid-frame
             self._close_conn(conn)
-            return 0
+            return
         buf += data
         pos = 0
         end = len(buf)
-        syncs = 0
         while end - pos >= 4:
             (n,) = _HEADER.unpack_from(buf, pos)
-            if n & _SYNC:
-                pos += 4
-                syncs += 1
-                continue
             if end - pos - 4 < n:
                 break
             records.append(bytes(buf[pos + 4 : pos + 4 + n]) + b"\n")
             pos += 4 + n
         del buf[:pos]
-        return syncs
 
     def _close_conn(self, conn: socket.socket) -> None:
         try:
@@ -214,14 +234,6 @@ class _Listener(threading.Thread):
         except (KeyError, ValueError):
             pass
         conn.close()
-
-    def wait_sync(self, seen: int, timeout: float) -> bool:
-        with self._sync_cond:
-            return self._sync_cond.wait_for(lambda: self._syncs > seen, timeout)
-
-    @property
-    def syncs(self) -> int:
-        return self._syncs
 
     def stop(self, timeout: float) -> None:
         self._stopping = True
@@ -289,8 +301,7 @@ class MultiProcessingLogHandler(logging.Handler):
         except Exception:  # noqa: BLE001 - logging must not raise into the caller
             self.handleError(record)
             return
-        data = msg.encode("utf-8", "backslashreplace")
-        self._send(_HEADER.pack(len(data)) + data, msg)
+        self._send(msg.encode("utf-8", "backslashreplace"), msg)
 
     def write_raw(self, text: str) -> None:
         """Send already-formatted text (whole lines, without the final newline) as one record.
@@ -301,14 +312,17 @@ class MultiProcessingLogHandler(logging.Handler):
         afford; the patterns of :func:`~ava.log.redact.redact` are for records.
         """
         text = redact_values(text)
-        data = text.encode("utf-8", "backslashreplace")
         with self.lock:  # type: ignore[union-attr]
-            self._send(_HEADER.pack(len(data)) + data, text)
+            self._send(text.encode("utf-8", "backslashreplace"), text)
 
-    def _send(self, frame: bytes, text: str) -> None:
+    def _send(self, data: bytes, text: str) -> None:
+        """The owner writes ``data`` itself (in the file when this returns); others send a frame."""
+        if self._owner_pid == os.getpid() and self._listener is not None and not self._closed:
+            self._listener.write([data + b"\n"])
+            return
         if not self._fallback:
             try:
-                self._connection().sendall(frame)
+                self._connection().sendall(_HEADER.pack(len(data)) + data)
                 return
             except OSError as exc:
                 self._fallback = True
@@ -334,18 +348,8 @@ class MultiProcessingLogHandler(logging.Handler):
         return conn
 
     def flush(self) -> None:
-        """In the owner: wait (up to 5 s) until what this process sent is in the file."""
-        if not self.is_owner or self._closed or self._fallback:
-            return
-        listener = self._listener
-        assert listener is not None
-        seen = listener.syncs
-        with self.lock:  # type: ignore[union-attr]
-            try:
-                self._connection().sendall(_HEADER.pack(_SYNC))
-            except OSError:
-                return
-        listener.wait_sync(seen, 5.0)
+        """Nothing to wait for: the owner's records are written when ``emit`` returns, and a
+        sender's are in its socket, which the owner's listener drains before it stops."""
 
     def close(self) -> None:
         """Owner: drain, stop the listener and close the file. Elsewhere: close the connection."""

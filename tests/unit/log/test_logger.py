@@ -177,3 +177,57 @@ print("finished")
     assert res.returncode == 0 and res.stdout.strip() == "finished", res.stderr[-2000:]
     assert "cannot rotate log file" in res.stderr and res.stderr.count("cannot rotate") == 1
     assert "line 1999 " in (logdir / "run.log").read_text()
+
+
+def test_an_accept_that_fails_for_want_of_file_descriptors_does_not_stop_logging(tmp_path):
+    from tests.conftest import run_python
+
+    code = """
+import faulthandler, os, resource, sys
+from ava.log.logger import initialize_logger, logger
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+initialize_logger(sys.argv[1]); logger.info("start")
+held = []
+try:
+    while True:
+        held.append(open(os.devnull))  # the process is at its limit of open files for a moment
+except OSError:
+    pass
+pid = os.fork()
+if pid == 0:
+    for f in held[:4]:
+        f.close()
+    logger.info("worker says hi")  # connects; the owner's accept() fails with EMFILE
+    os._exit(0)
+os.waitpid(pid, 0)
+for f in held:
+    f.close()
+faulthandler.dump_traceback_later(30, exit=True)  # the old listener thread died: this hung
+for i in range(2000):
+    logger.info("step %d", i)
+print("finished")
+"""
+    res = run_python(code, str(tmp_path), timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "finished", res.stderr[-2000:]
+    assert res.stderr.count("cannot accept a connection now") == 1
+    text = (tmp_path / "run.log").read_text()
+    assert "worker says hi" in text and "step 1999" in text and "start" in text
+
+
+@pytest.mark.parametrize("lines", [0, 100, 1000])
+def test_the_owners_lines_are_in_the_file_when_it_dies_by_os_exit(tmp_path, lines):
+    from tests.conftest import run_python
+
+    code = """
+import os, sys
+from ava.log.logger import initialize_logger, logger
+initialize_logger(sys.argv[1])
+for i in range(int(sys.argv[2])):
+    logger.info("line %d", i)
+logger.error("fatal: giving up")
+os._exit(3)  # no atexit, no close(): what a crash or a killed worker leaves
+"""
+    res = run_python(code, str(tmp_path), str(lines), timeout=60)
+    assert res.returncode == 3, res.stderr[-2000:]
+    text = (tmp_path / "run.log").read_text()
+    assert text.count("INFO") == lines and "fatal: giving up" in text.splitlines()[-1]
