@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ava.log.redact import RedactingFilter, redact_values
+from ava.log.redact import RedactingFilter, known_secrets, redact_values, register_secret
 
 __all__ = ["MultiProcessingLogHandler"]
 
@@ -154,7 +154,7 @@ class _Listener(threading.Thread):
     def _poll(self, timeout: float) -> bool:
         if self._accept_again:
             wait = self._accept_again - time.monotonic()
-            if wait <= 0:
+            if wait <= 0 or self._stopping:  # a connection waiting in the backlog is drained too
                 self._accept_again = 0.0
                 self._sel.register(self._server, selectors.EVENT_READ, None)
             else:
@@ -289,7 +289,9 @@ class MultiProcessingLogHandler(logging.Handler):
         self._listener.start()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_make_sender, (self._address, self.baseFilename, self.level, self.formatter))
+        # The secrets this process masks go along: a spawned child has not read config/user,
+        # nor seen what was registered here, and the listener writes what it is sent.
+        return (_make_sender, (self._address, self.baseFilename, self.level, self.formatter, known_secrets()))
 
     @property
     def is_owner(self) -> bool:
@@ -369,7 +371,10 @@ class MultiProcessingLogHandler(logging.Handler):
         super().close()
 
 
-def _make_sender(address: str, filename: str, level: int, formatter: logging.Formatter | None) -> MultiProcessingLogHandler:
+def _make_sender(address: str, filename: str, level: int, formatter: logging.Formatter | None,
+                 secrets: tuple[str, ...] = ()) -> MultiProcessingLogHandler:
+    for secret in secrets:
+        register_secret(secret)
     handler = MultiProcessingLogHandler.__new__(MultiProcessingLogHandler)
     logging.Handler.__init__(handler, level)
     handler.addFilter(RedactingFilter())

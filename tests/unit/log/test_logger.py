@@ -183,10 +183,12 @@ def test_an_accept_that_fails_for_want_of_file_descriptors_does_not_stop_logging
     from tests.conftest import run_python
 
     code = """
-import faulthandler, os, resource, sys
+import faulthandler, io, os, resource, sys, time
 from ava.log.logger import initialize_logger, logger
 resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
 initialize_logger(sys.argv[1]); logger.info("start")
+said = sys.stderr = io.StringIO()
+deadline = time.monotonic() + 10
 held = []
 try:
     while True:
@@ -200,6 +202,10 @@ if pid == 0:
     logger.info("worker says hi")  # connects; the owner's accept() fails with EMFILE
     os._exit(0)
 os.waitpid(pid, 0)
+while "cannot accept" not in said.getvalue() and time.monotonic() < deadline:
+    time.sleep(0.01)  # the listener tries accept() while the files are still held
+sys.stderr = sys.__stderr__
+sys.stderr.write(said.getvalue())
 for f in held:
     f.close()
 faulthandler.dump_traceback_later(30, exit=True)  # the old listener thread died: this hung
