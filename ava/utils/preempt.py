@@ -257,6 +257,17 @@ def _flush_std() -> None:
 def _after_fork_in_child() -> None:
     reset()
     _finishers.clear()
+    # The child gets the handlers it would have had without ava: it has no instance to finish,
+    # and a worker that leaves by SystemExit on the terminal's Ctrl-C (which the whole process
+    # group receives) makes torch's DataLoader fail the training ("worker exited unexpectedly").
+    # A child that opens an instance of its own installs them again.
+    for sig, previous in list(_saved.items()):
+        try:
+            if signal.getsignal(sig) is _handle:
+                signal.signal(sig, previous)
+        except (ValueError, OSError):  # forked from a thread that is not the main one
+            continue
+        del _saved[sig]
 
 
 # A forked child starts with no request of its own, no watchdog, and none of the parent's instances.

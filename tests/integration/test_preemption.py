@@ -315,3 +315,47 @@ def test_a_sigterm_while_the_instance_opens_finishes_it_preempted(tmp_path):
     assert "not reached" not in res.stdout
     doc = status(tmp_path / "ws", "ctor-term")
     assert doc["status"] == "preempted" and doc["exit_code"] == 143
+
+
+def test_ctrl_c_to_the_process_group_leaves_dataloader_workers_alone(tmp_path):
+    pytest.importorskip("torch")
+    code = textwrap.dedent("""
+        import sys, time
+        import torch
+        from torch.utils.data import DataLoader, Dataset
+        from ava.train.base import TrainInstance
+        torch.set_num_threads(1)
+
+        class Slow(Dataset):
+            def __len__(self): return 400
+            def __getitem__(self, i): time.sleep(0.02); return torch.ones(3)
+
+        with TrainInstance("ctrlc", setup_logging=False) as ins:
+            mon = ins.get_monitor_callback("torch", log_every=1)
+            for epoch in range(50):
+                for i, x in enumerate(DataLoader(Slow(), batch_size=8, num_workers=2)):
+                    mon.step(loss=x.sum())
+                    if i == 3:
+                        open(sys.argv[1], "w").close()  # the workers are running: press Ctrl-C
+    """)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    ready = tmp_path / "ready"
+    err = open(tmp_path / "stderr.txt", "w+")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(ready)], cwd=REPO, stderr=err, text=True,
+                            env={**os.environ, "AVA_WORKSPACE": str(ws), "AVA_PREEMPT_TIMEOUT": str(BOUND)},
+                            start_new_session=True)
+    _started.append(proc)
+    deadline = time.monotonic() + 120
+    while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ready.exists(), "the training never started"
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole foreground group
+    code_ = proc.wait(60)
+    err.seek(0)
+    stderr = err.read()
+    status = json.loads((ws / "run" / "ctrlc" / "status.json").read_text())
+    # The old child handler made each worker leave by SystemExit, and torch then failed the
+    # training with "DataLoader worker ... exited unexpectedly".
+    assert "exited unexpectedly" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert code_ == 130 and status["status"] == "preempted", (code_, status, stderr[-3000:])
