@@ -34,8 +34,11 @@ def _reject(name: str, value: Any, why: str) -> MetricsError:
 def check_value(name: str, value: Any) -> Any:
     """Check one value on the caller's thread and return what to keep of it.
 
-    A torch tensor that requires grad is detached here (cheap, no device sync), so the buffer
-    does not keep its autograd graph alive. Raises :class:`MetricsError` for non-numbers.
+    A tensor or array is copied here (for torch, ``detach().clone()``: a device copy queued, no
+    sync; mxnet's ``copy()`` is queued on its engine too): the value recorded is the one of
+    this call, even when the caller then changes the tensor in place (a running sum, a weight)
+    before the writer thread reads it, and the buffer does not keep an autograd graph alive.
+    Raises :class:`MetricsError` for non-numbers.
     """
     if isinstance(value, (str, bytes, bytearray)) or value is None:
         raise _reject(name, value, f"a {type(value).__name__} value")
@@ -47,14 +50,14 @@ def check_value(name: str, value: Any) -> Any:
     if callable(numel):  # torch.Tensor
         if numel() != 1:
             raise _reject(name, value, f"a tensor of {numel()} elements")
-        if getattr(value, "requires_grad", False):
-            value = value.detach()
-        return value
+        detach = getattr(value, "detach", None)
+        return detach().clone() if callable(detach) else value
     size = getattr(value, "size", None)
     if isinstance(size, int):  # numpy arrays, mxnet NDArrays
         if size != 1:
             raise _reject(name, value, f"an array of {size} elements")
-        return value
+        copy = getattr(value, "copy", None)
+        return copy() if callable(copy) else value
     if hasattr(value, "item") or hasattr(value, "__float__"):
         return value
     raise _reject(name, value, f"a {type(value).__name__} value")

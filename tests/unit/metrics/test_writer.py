@@ -202,3 +202,27 @@ def test_a_record_that_cannot_be_written_as_given_does_not_hold_back_the_others(
     assert [(r["name"], r["value"], r["seq"]) for r in recs] == [
         ("before", 1.0, 0), ("loss\udc80", 2.0, 1), ("big", "inf", 2), ("after", 3.0, 3)]
     assert "more than" in caplog.text and "not valid Unicode" in caplog.text
+
+
+def test_a_tensor_or_array_changed_in_place_after_the_call_keeps_the_value_of_the_call():
+    import numpy as np
+
+    torch = pytest.importorskip("torch")
+    sink = Gate()  # the writer cannot read anything before the caller has changed its values
+    w = MetricsWriter([sink])
+    running = torch.zeros(())
+    weight = torch.nn.Parameter(torch.ones(1))
+    acc = np.zeros(1)
+    expected = []
+    for step in range(1, 4):
+        running += step
+        acc += 0.25
+        with torch.no_grad():
+            weight.mul_(0.5)
+        w.log_metrics({"running": running, "weight": weight, "acc": acc}, step=step)
+        expected.append((float(running), float(weight.detach()), float(acc[0])))
+        running.zero_()  # a script that resets its running sum after reporting it
+    sink.open.set()
+    assert w.close(timeout=10)
+    got = [tuple(r["value"] for r in sink.records[i:i + 3]) for i in range(0, 9, 3)]
+    assert got == expected  # the old writer read the tensors later: 0.0 and the last weight each time
