@@ -384,16 +384,40 @@ def monitor_callback(train_ins: Any, log_every: int | None = None, **kwargs: Any
 
 def epoch_end_callback(train_ins: Any, **kwargs: Any) -> Any:
     """``get_epoch_end_callback("torch")``: the ``epoch_end(model, optimizer, epoch, **val_metrics)``
-    method of the instance's current monitor (one made with ``kwargs`` when there is none), so
-    batch and epoch calls share one step count."""
+    method of the instance's current monitor (one made with ``kwargs`` when there is none, else
+    ``kwargs`` are applied to it), so batch and epoch calls share one step count."""
     kwargs.pop("batch_of_epoch", None)  # MXNet-style arguments of the guide: the monitor counts itself
     interval = kwargs.pop("epoch_interval", None)
     if kwargs.pop("other_files", None):
         raise UsageError('get_epoch_end_callback("torch") does not take other_files; upload them with '
                          "train_ins.save_snapshot(files, name)")
     mon = _monitors.get(train_ins)
-    if mon is None or kwargs:
+    if mon is None:
         mon = monitor_callback(train_ins, **kwargs)
+    elif kwargs:  # settings for the monitor the batch calls already use, not a second one
+        _configure(mon, kwargs)
     if interval is not None:
         mon.checkpoint_every = _positive_int(interval, "epoch_interval")
     return mon.epoch_end
+
+
+def _configure(mon: TorchMonitor, kwargs: dict[str, Any]) -> None:
+    """Apply ``get_epoch_end_callback("torch", ...)``'s settings to the instance's current monitor."""
+    freq = kwargs.pop("batch_freq", None)
+    if freq is not None and "log_every" not in kwargs:
+        kwargs["log_every"] = freq
+    unknown = set(kwargs) - {"log_every", "batch_size", "optimizer", "checkpoint_every", "rank"}
+    if unknown:
+        raise UsageError(f'get_epoch_end_callback("torch") got unknown arguments {sorted(unknown)}; it takes '
+                         "log_every, batch_size, optimizer, checkpoint_every and epoch_interval")
+    if "rank" in kwargs and kwargs["rank"] != mon.rank:
+        raise UsageError(f"the instance's monitor records as rank {mon.rank}, not {kwargs['rank']}; "
+                         'give rank= to get_monitor_callback("torch") before any epoch-end callback')
+    if "log_every" in kwargs:
+        mon.log_every = _positive_int(kwargs["log_every"], "log_every")
+    if "batch_size" in kwargs:
+        mon.batch_size = None if kwargs["batch_size"] is None else _positive_int(kwargs["batch_size"], "batch_size")
+    if "optimizer" in kwargs:
+        mon.optimizer = kwargs["optimizer"]
+    if "checkpoint_every" in kwargs:
+        mon.checkpoint_every = _positive_int(kwargs["checkpoint_every"], "checkpoint_every", allow_zero=True)

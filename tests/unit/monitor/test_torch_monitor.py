@@ -300,3 +300,24 @@ def test_bad_arguments(workspace):
     with pytest.raises(UsageError, match="other_files"):
         ins.get_epoch_end_callback("torch", other_files=["x"])
     ins.done()
+
+
+def test_epoch_end_callback_with_settings_configures_the_monitor_the_batches_use(workspace):
+    ins = open_ins(workspace, "pt-cb-kwargs")
+    mon = ins.get_monitor_callback("torch", log_every=2, batch_size=4)
+    epoch_end = ins.get_epoch_end_callback("torch", checkpoint_every=1)
+    model = make_model()
+    opt, _ = make_optimizer(model)
+    for epoch in range(2):
+        for b in range(4):
+            mon.step(loss=float(b))
+        path = epoch_end(model, opt, epoch, acc=0.5)
+    # The old code made a second monitor: the second epoch's batches were still epoch 0, the
+    # validation records were at step 0 and the checkpoint said step 0 after 8 steps.
+    train_recs = records(ins, name="loss")
+    assert [(r["step"], r["epoch"], r["batch"]) for r in train_recs] == [(2, 0, 1), (4, 0, 3), (6, 1, 1), (8, 1, 3)]
+    assert [(r["step"], r["epoch"]) for r in records(ins, name="acc", phase="val")] == [(4, 0), (8, 1)]
+    assert torch.load(path, weights_only=True)["step"] == 8
+    with pytest.raises(UsageError, match="unknown arguments"):
+        ins.get_epoch_end_callback("torch", checkpoint_evry=1)
+    ins.done()
