@@ -332,15 +332,21 @@ class TorchMonitor:
             state = None
         if state is None or path is None:
             return 0, 0
+        # Both checked before either is loaded: a mismatch must not leave the model half replaced.
+        misfit = _misfit(unwrap(model).state_dict(), state["model"], "model")
+        if misfit is None and optimizer is not None and "optimizer" in state:
+            misfit = _optimizer_misfit(optimizer.state_dict(), state["optimizer"])
+        if misfit is not None:
+            raise UsageError(f"checkpoint {path} does not fit the {misfit}; nothing was loaded")
         try:
             unwrap(model).load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise UsageError(f"checkpoint {path} does not fit the model given to resume(): "
+            if optimizer is not None and "optimizer" in state:
+                optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and "scheduler" in state:
+                scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise UsageError(f"checkpoint {path} does not fit what was given to resume(): "
                              f"{' '.join(str(exc).split())[:300]}") from None
-        if optimizer is not None and "optimizer" in state:
-            optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and "scheduler" in state:
-            scheduler.load_state_dict(state["scheduler"])
         epoch, step = int(state["epoch"]), int(state["step"])
         self.epoch, self.global_step, self._epoch_start = epoch + 1, step, step
         self.samples = int(state.get("samples", 0))
@@ -348,6 +354,27 @@ class TorchMonitor:
         self._ins.log_event("resume", step=step, path=str(path), epoch=epoch)
         log.info("resumed from %s: epoch %d done, step %d", path, epoch, step)
         return epoch + 1, step
+
+
+def _misfit(own: Any, saved: Any, what: str) -> str | None:
+    """How the saved state dict differs from ``own`` (keys, shapes) for a message; None if it fits."""
+    missing = [k for k in own if k not in saved]
+    unexpected = [k for k in saved if k not in own]
+    resized = [k for k in own if k in saved and getattr(own[k], "shape", None) is not None
+               and tuple(own[k].shape) != tuple(getattr(saved[k], "shape", ()))]
+    parts = [f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for label, keys in
+             (("missing", missing), ("unexpected", unexpected), ("other shape", resized)) if keys]
+    return f"{what} given to resume(): {'; '.join(parts)}" if parts else None
+
+
+def _optimizer_misfit(own: dict[str, Any], saved: Any) -> str | None:
+    """How the saved optimizer state's parameter groups differ from ``own``'s; None if they fit."""
+    mine = [len(g["params"]) for g in own.get("param_groups", [])]
+    theirs = [len(g.get("params", ())) for g in saved.get("param_groups", [])] if isinstance(saved, dict) else []
+    if mine == theirs:
+        return None
+    return (f"optimizer given to resume(): its parameter groups hold {mine} parameters, "
+            f"the checkpoint's {theirs}")
 
 
 def _not_a_checkpoint(state: Any) -> str | None:

@@ -241,6 +241,24 @@ def test_resume_skips_a_file_that_is_not_its_checkpoint_and_names_a_model_that_d
     ins.done()
 
 
+def test_resume_with_an_optimizer_that_does_not_fit_loads_nothing_and_says_why(workspace):
+    ins = open_ins(workspace)
+    model = make_model()
+    opt, _ = make_optimizer(model)
+    mon = torch_monitor.TorchMonitor(ins, log_every=5, checkpoint_every=1)
+    mon.epoch_end(model, opt, 0)
+    fresh = make_model()
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.zero_()
+    split = torch.optim.Adam([{"params": list(fresh[0].parameters())}, {"params": list(fresh[2].parameters())}])
+    # The old resume loaded the model, then torch's optimizer raised a bare ValueError.
+    with pytest.raises(UsageError, match=r"does not fit the optimizer given to resume\(\): .*\[2, 2\].*\[4\]"):
+        mon.resume(fresh, split)
+    assert all(float(p.detach().abs().sum()) == 0.0 for p in fresh.parameters())  # nothing was loaded
+    ins.done()
+
+
 def test_checkpoints_of_a_compiled_model_load_into_a_plain_one_and_back(workspace):
     ins = open_ins(workspace)
     model = make_model()
