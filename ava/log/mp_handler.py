@@ -65,6 +65,8 @@ class _RotatingFile:
         self.backup_count = backup_count
         self._fh: Any = _open_private(path, truncate=mode.startswith("w"))
         self.size = os.fstat(self._fh.fileno()).st_size
+        self._rotate_failed = False
+        self._rotate_at = max_bytes  # raised after a failed rotation: try again a max_bytes later
 
     def write(self, records: list[bytes]) -> None:
         if self._fh is None:  # a rotation could not reopen the file: try again (raises OSError if not yet)
@@ -73,7 +75,7 @@ class _RotatingFile:
         batch: list[bytes] = []
         batch_size = 0
         for rec in records:
-            if rotating and self.size + batch_size > 0 and self.size + batch_size + len(rec) > self.max_bytes:
+            if rotating and self.size + batch_size > 0 and self.size + batch_size + len(rec) > self._rotate_at:
                 self._fh.write(b"".join(batch))
                 batch, batch_size = [], 0
                 self._rotate()
@@ -93,9 +95,13 @@ class _RotatingFile:
                 if os.path.exists(src):
                     os.replace(src, f"{self.path}.{i + 1}")
             os.replace(self.path, f"{self.path}.1")
+            self._rotate_failed = False
         except OSError as exc:  # the directory was removed or made read-only: start a new file if we can
-            sys.stderr.write(f"ava: cannot rotate log file {self.path}: {exc}\n")
+            if not self._rotate_failed:  # said once, not at every record while the file stays too big
+                self._rotate_failed = True
+                sys.stderr.write(f"ava: cannot rotate log file {self.path}: {exc}; writing on\n")
         self._reopen()
+        self._rotate_at = self.size + self.max_bytes if self._rotate_failed else self.max_bytes
 
     def _reopen(self) -> None:
         """Open the log file again, its directory re-created if it was removed; OSError if impossible."""

@@ -237,3 +237,17 @@ os._exit(3)  # no atexit, no close(): what a crash or a killed worker leaves
     assert res.returncode == 3, res.stderr[-2000:]
     text = (tmp_path / "run.log").read_text()
     assert text.count("INFO") == lines and "fatal: giving up" in text.splitlines()[-1]
+
+
+def test_a_rotation_that_keeps_failing_is_said_once_and_nothing_is_lost(tmp_path, capsys):
+    (tmp_path / "run.log.1" / "in-the-way").mkdir(parents=True)  # the rename fails, even for root
+    handler = MultiProcessingLogHandler(tmp_path / "run.log", maxBytes=2000, backupCount=1)
+    try:
+        for i in range(200):
+            handler.write_raw(f"record {i} " + "x" * 90)
+    finally:
+        handler.close()
+    err = capsys.readouterr().err
+    assert err.count("cannot rotate log file") == 1, err[:2000]  # was once per record
+    lines = (tmp_path / "run.log").read_text().splitlines()
+    assert [ln.split()[1] for ln in lines] == [str(i) for i in range(200)]
