@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import random
+import stat
 import threading
 import time
 from pathlib import Path
@@ -84,6 +85,10 @@ class SnapshotUploader:
         paths = [str(Path(f).absolute()) for f in files]
         if not paths:
             raise UsageError(f"snapshot {key_prefix!r} has no files")
+        folders = [p for p in paths if os.path.isdir(p)]
+        if folders:
+            raise UsageError(f"snapshot {key_prefix!r}: {folders[0]} is a directory; give the files in it "
+                             "(a snapshot is a flat set of files), or upload the folder with upload_tree")
         names = [Path(p).name for p in paths]
         if len(set(names)) != len(names):
             raise UsageError(f"snapshot {key_prefix!r} has two files with the same name: {sorted(names)}")
@@ -180,12 +185,17 @@ class SnapshotUploader:
                     return
 
     def _wait_complete(self, path: Path, name: str) -> int | None:
-        """The file's size once it has stopped growing; None if it never appeared in time."""
+        """The file's size once it has stopped growing; None if it never appeared in time;
+        :data:`_FOLDER` for a directory, :data:`_UNREADABLE` for a file this process cannot read."""
         waited = 0.0
         last: tuple[int, float] | None = None
         while True:
             try:
                 st = path.stat()
+                if stat.S_ISDIR(st.st_mode):
+                    return _FOLDER
+                if not os.access(path, os.R_OK):
+                    return _UNREADABLE
                 now = (st.st_size, st.st_mtime)
                 if now == last:
                     return st.st_size
@@ -211,6 +221,20 @@ class SnapshotUploader:
                 if self._sleep(delay):
                     raise _Stopped() from None
 
+    def _upload_file(self, path: Path, url: str) -> Any:
+        """Upload one file; :class:`_Gone` (not retried) when it is no longer a file to upload."""
+        try:
+            if not stat.S_ISREG(path.stat().st_mode):
+                raise _Gone(f"{path} is no longer a regular file")
+        except FileNotFoundError:
+            raise _Gone(f"{path} was removed") from None
+        try:
+            return self.storage.upload(path, url)
+        except ObjectNotFoundError as exc:  # the backend found no source file
+            if not path.exists():
+                raise _Gone(f"{path} was removed") from None
+            raise exc
+
     def _upload(self, snap: dict[str, Any]) -> None:
         prefix_url = join_url(self.storage_url, snap["id"])
         self._with_retries(f"taking {snap['id']} out of use before its upload", lambda: self._unconfirm(snap["id"]))
@@ -223,8 +247,17 @@ class SnapshotUploader:
             if size is None:
                 self._finish(snap, FAILED, f"{path} did not appear within {self._missing_timeout:.0f} s")
                 return
+            if size < 0:
+                self._finish(snap, FAILED, f"{path} is {'a directory' if size == _FOLDER else 'not readable'}")
+                return
             url = join_url(prefix_url, path.name)
-            info = self._with_retries(f"upload of {path} to {url}", lambda: self.storage.upload(path, url))
+            try:
+                info = self._with_retries(f"upload of {path} to {url}", lambda: self._upload_file(path, url))
+            except _Gone as exc:
+                # Removed or replaced while its upload was retried: start this snapshot again, which
+                # waits for the file as for one that never appeared (then fails it, and goes on).
+                log.warning("snapshot %s: %s; waiting for it again", snap["id"], exc)
+                return
             if info.size != size:
                 # The file changed while we uploaded it: try this snapshot again from the start.
                 log.warning("snapshot %s: %s changed during upload (%d -> %d bytes); uploading it again",
@@ -290,8 +323,15 @@ class SnapshotUploader:
         doomed = done if self._delete_local else (done[:-self._keep_local] if self._keep_local else [])
         if self._keep_local is not None and self._keep_local <= 0:
             doomed = done
+        # A path that a snapshot still pending, failed or kept also names (a script that saves
+        # to one "latest.pth" each time) holds newer weights than the confirmed copy: keep it.
+        gone = {id(snap) for snap in doomed}
+        in_use = {f for snap in self._snapshots if id(snap) not in gone and not snap.get("local_deleted")
+                  for f in snap["files"]}
         for snap in doomed:
             for f in snap["files"]:
+                if f in in_use:
+                    continue
                 try:
                     Path(f).unlink()
                 except FileNotFoundError:
@@ -322,6 +362,13 @@ def has_pending(state_file: Path) -> bool:
 
 class _Stopped(Exception):
     """close() was called while the worker waited."""
+
+
+class _Gone(Exception):
+    """A snapshot's file was removed or replaced by something else while its upload was retried."""
+
+
+_FOLDER, _UNREADABLE = -1, -2  # what _wait_complete says instead of a size
 
 
 def read_latest(storage_url: str) -> str | None:

@@ -184,3 +184,70 @@ def test_done_names_the_files_of_a_snapshot_that_do_not_exist(tmp_path, caplog):
     (failed,) = [r for r in iter_records(ins.metrics_path) if r.get("event") == "snapshot_failed"]
     assert failed["name"] == "iter-00000100" and failed["missing"] == [str(tmp_path / "out" / "never.solverstate")]
     assert real.exists()  # what exists is never touched
+
+
+def test_a_directory_is_refused_at_submit_and_later_snapshots_still_go_up(tmp_path):
+    up = make(tmp_path)
+    (tmp_path / "ckpt-100").mkdir()
+    write(tmp_path / "ckpt-100" / "model.safetensors")
+    with pytest.raises(UsageError, match=r"ckpt-100 is a directory; give the files in it"):
+        up.submit([tmp_path / "ckpt-100"], "step-100")
+    # One that becomes a directory after submit fails alone instead of being retried forever.
+    later = tmp_path / "later"
+    up.submit([later], "step-150")
+    later.mkdir()
+    up.submit([write(tmp_path / "ckpt-200.bin")], "step-200")
+    assert up.wait(30)
+    assert up.status("step-150") == "failed" and up.status("step-200") == "done"
+    assert (tmp_path / "store" / "LATEST").read_text() == "step-200"
+    up.close()
+
+
+class GoneStorage(FlakyStorage):
+    """Fails every upload until the test removes the source file: then it works again."""
+
+    scheme = "gone"
+
+    def path_of(self, url):
+        return LocalStorage.path_of(self, "file://" + url[len("gone://"):] if url.startswith("gone://") else url)
+
+    def upload(self, local, url):
+        if Path(local).name == "a.bin" and Path(local).exists():
+            with FlakyStorage.lock:
+                FlakyStorage.calls += 1
+            raise StorageError(f"injected failure uploading {url}")
+        return LocalStorage.upload(self, local, url)
+
+
+def test_a_file_removed_while_its_upload_is_retried_fails_its_snapshot_and_the_next_goes_up(
+        tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(registry.BACKENDS, "gone", ("tests.unit.test_snapshot:GoneStorage", ""))
+    FlakyStorage.calls = 0
+    up = make(tmp_path, url=f"gone://{tmp_path}/store", missing_timeout=0.5)
+    a = write(tmp_path / "a.bin")
+    up.submit([a], "epoch-1")
+    deadline = time.monotonic() + 30
+    while FlakyStorage.calls < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    a.unlink()  # the user's clean-up removes it while the upload is being retried
+    up.submit([write(tmp_path / "b.bin")], "epoch-2")
+    assert up.wait(30)  # the old uploader retried epoch-1 forever, and epoch-2 never went up
+    assert up.status("epoch-1") == "failed" and up.status("epoch-2") == "done"
+    assert any("a.bin was removed" in r.getMessage() for r in caplog.records)
+    up.close()
+    registry._instances.pop("gone", None)
+
+
+def test_keep_local_never_deletes_a_path_a_newer_snapshot_still_names(tmp_path):
+    # stable_seconds: epoch-1 is still being waited for when epoch-2 is submitted.
+    up = make(tmp_path, delete_local=True, missing_timeout=1, stable_seconds=0.5)
+    latest = tmp_path / "latest.pth"  # a script that saves to one path each epoch
+    latest.write_bytes(b"epoch weights")
+    up.submit([latest], "epoch-1")
+    up.submit([latest], "epoch-2")
+    assert up.wait(30)
+    # The old uploader deleted latest.pth once epoch-1 was confirmed: epoch-2 then failed.
+    assert up.status("epoch-1") == "done" and up.status("epoch-2") == "done"
+    assert (tmp_path / "store" / "epoch-2" / "latest.pth").read_bytes() == b"epoch weights"
+    assert not latest.exists()  # deleted once the last snapshot naming it was confirmed
+    up.close()
