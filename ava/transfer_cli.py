@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import threading
 import time
@@ -115,6 +116,8 @@ def cmd_upload(args: argparse.Namespace, env: Env) -> int:
     if not src.exists():
         raise UsageError(f"cannot upload {src}: no such file or directory")
     store = get_storage(url)  # an unknown scheme is a UsageError naming the known ones
+    if url.endswith("/"):  # a file or a folder goes in under its own name ("ava upload run1 s3://b/runs/")
+        url += Path(os.path.abspath(src)).name
     progress = _Progress(_show_bar(args), "upload")
     try:
         if src.is_dir():
@@ -127,9 +130,6 @@ def cmd_upload(args: argparse.Namespace, env: Env) -> int:
                                     on_file=lambda _u, n: progress.add(n))
                 return len(infos), sum(i.size for i in infos)
         else:
-            if url.endswith("/"):
-                url += src.name
-
             def run() -> tuple[int, int]:
                 size = src.stat().st_size
                 progress.set_total(size)

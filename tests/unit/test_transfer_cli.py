@@ -162,3 +162,14 @@ def test_upload_and_fetch_a_tree_through_qiniu(ava, tmp_path, monkeypatch):
             assert code == 2 and err.count("\n") == 1, (args, err)
     assert (tmp_path / "back/sub/b.bin").read_bytes() == (src / "sub/b.bin").read_bytes()
     assert (tmp_path / "one.bin").read_bytes() == (src / "sub/b.bin").read_bytes()
+
+
+def test_upload_of_a_folder_to_a_prefix_ending_in_slash_keeps_its_name(ava, tmp_path):
+    for run in ("run1", "run2"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "model.bin").write_text(f"{run} weights")
+        code, out, _ = ava("upload", str(tmp_path / run), f"file://{tmp_path}/store/runs/")
+        assert code == 0, out
+    # The old command put both trees straight under runs/: run2 overwrote run1.
+    assert (tmp_path / "store/runs/run1/model.bin").read_text() == "run1 weights"
+    assert (tmp_path / "store/runs/run2/model.bin").read_text() == "run2 weights"
