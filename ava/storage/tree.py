@@ -37,14 +37,33 @@ OnFile = Callable[[str, int], None]
 
 
 def local_files(local_dir: Path) -> list[tuple[Path, str]]:
-    """Every regular file under ``local_dir`` (symlinks to files included) with its relative key."""
+    """Every regular file under ``local_dir`` with its relative key.
+
+    Symlinks are followed, to files and to folders (a folder reached twice, by a loop or by two
+    links, is taken once, under the first name met); what is left out (a dangling link, a
+    socket, a second way into a folder) is named in a warning.
+    """
     out = []
-    for dirpath, dirnames, filenames in os.walk(local_dir):
+    seen: set[tuple[int, int]] = set()
+    skipped: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(local_dir, followlinks=True):
+        st = os.stat(dirpath)
+        if (st.st_dev, st.st_ino) in seen:  # a loop, or the same folder by another link
+            skipped.append(f"{Path(dirpath).relative_to(local_dir).as_posix()}/ (already taken)")
+            dirnames[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirnames.sort()
         for name in sorted(filenames):
             path = Path(dirpath) / name
             if path.is_file():
                 out.append((path, path.relative_to(local_dir).as_posix()))
+            else:
+                why = "a dangling link" if path.is_symlink() and not path.exists() else "not a regular file"
+                skipped.append(f"{path.relative_to(local_dir).as_posix()} ({why})")
+    if skipped:
+        log.warning("%s: left out %d: %s%s", local_dir, len(skipped), ", ".join(skipped[:5]),
+                    " ..." if len(skipped) > 5 else "")
     return out
 
 

@@ -81,3 +81,25 @@ def test_an_interrupted_tree_upload_stops_after_the_files_in_flight(tmp_path, st
     stored = sorted(p.name for p in (tmp_path / "bucket" / "t").iterdir() if not p.name.startswith("."))
     assert 2 <= len(stored) == Slow.started < 20
     assert all((tmp_path / "bucket" / "t" / n).read_bytes() == b"x" * 100 for n in stored)  # each whole
+
+
+def test_a_tree_upload_follows_linked_folders_once_and_names_what_it_leaves_out(tmp_path, caplog):
+    from ava.storage.tree import upload_tree
+
+    (tmp_path / "real" / "ckpts").mkdir(parents=True)
+    (tmp_path / "real" / "ckpts" / "m.bin").write_text("w")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train.log").write_text("log")
+    (out / "ckpts").symlink_to(tmp_path / "real" / "ckpts", target_is_directory=True)
+    (out / "again").symlink_to(tmp_path / "real" / "ckpts", target_is_directory=True)
+    (out / "loop").symlink_to(out, target_is_directory=True)
+    (out / "dangling.bin").symlink_to(tmp_path / "nonexistent")
+    with caplog.at_level("WARNING", logger="ava.storage.tree"):
+        infos = upload_tree(out, f"file://{tmp_path}/store/out")
+    # The old walk took train.log alone and said nothing of the rest.
+    stored = sorted(p.relative_to(tmp_path / "store" / "out").as_posix()
+                    for p in (tmp_path / "store" / "out").rglob("*") if p.is_file())
+    assert stored == ["again/m.bin", "train.log"] and len(infos) == 2
+    assert "left out 3" in caplog.text and "dangling.bin (a dangling link)" in caplog.text
+    assert "ckpts/ (already taken)" in caplog.text and "loop/ (already taken)" in caplog.text
