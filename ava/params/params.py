@@ -78,6 +78,8 @@ def lookup(data: Any, parts: Sequence[str | int]) -> Any:
                 node = node[part]
             elif not isinstance(part, str) and str(part) in node:
                 node = node[str(part)]
+            elif isinstance(part, str) and (index := _index(part)) is not None and index in node:
+                node = node[index]  # a YAML key written as a number (lr_schedule: {30: 0.1})
             else:
                 return _MISSING
         elif isinstance(node, list):
@@ -240,6 +242,7 @@ class Params:
         self._lock = threading.Lock()
         self._cache_key: tuple[Any, ...] | None = None
         self._cache: dict[str, Any] = {}
+        self._warned_several: tuple[Path, ...] = ()
 
     @property
     def path(self) -> Path | None:
@@ -247,14 +250,20 @@ class Params:
         found = []
         for name in PARAMS_FILES:  # one look at each name: this runs at every get_value
             candidate = self.params_dir / name
-            if candidate.is_file():
-                found.append(candidate)
-            elif candidate.is_dir():
-                raise ParamsError(f"params file {candidate} is a directory, not a file")
-            elif candidate.is_symlink() and not candidate.exists():
-                raise ParamsError(f"params file {candidate} is a symlink to {os.readlink(candidate)!r}, which does not exist")
-        if len(found) > 1:
-            log.warning("several params files in %s; using %s", self.params_dir, found[0].name)
+            try:
+                if candidate.is_file():
+                    found.append(candidate)
+                elif candidate.is_dir():
+                    raise ParamsError(f"params file {candidate} is a directory, not a file")
+                elif candidate.is_symlink() and not candidate.exists():
+                    raise ParamsError(f"params file {candidate} is a symlink to {os.readlink(candidate)!r}, "
+                                      "which does not exist")
+            except PermissionError as exc:  # the folder cannot be searched
+                raise ParamsError(f"cannot look for params file {candidate}: {exc.strerror}") from None
+        if len(found) > 1 and tuple(found) != self._warned_several:
+            self._warned_several = tuple(found)  # said once, not at every get_value
+            log.warning("several params files in %s (%s); using %s", self.params_dir,
+                        ", ".join(f.name for f in found), found[0].name)
         return found[0] if found else None
 
     def _load(self, use_cache: bool) -> tuple[dict[str, Any], Path | None]:

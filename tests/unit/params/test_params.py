@@ -138,10 +138,32 @@ def test_malformed_yaml_names_file_line_and_column(pdir):
     assert str(pdir / "default.yml") in msg and "line 3 column" in msg
 
 
-def test_json_wins_over_yaml(pdir):
+def test_yaml_keys_written_as_numbers_are_reached_by_a_dotted_key(pdir):
+    write(pdir, "lr_schedule:\n  30: 0.1\n  60: 0.01\nlayers:\n  - 8\n", name="default.yaml")
+    p = Params(pdir)
+    assert p.get_value("lr_schedule.30") == 0.1 and p.get_value(["lr_schedule", 60]) == 0.01
+    assert p.get_value("layers.0") == 8 and p.get_value("lr_schedule.90", default="none") == "none"
+
+
+def test_json_wins_over_yaml_and_that_is_said_once(pdir, caplog):
     write(pdir, {"a": "json"})
     write(pdir, "a: yaml\n", name="default.yaml")
-    assert Params(pdir).get_value("a") == "json"
+    p = Params(pdir)
+    with caplog.at_level(logging.WARNING, logger="ava.params.params"):
+        assert [p.get_value("a") for _ in range(5)] == ["json"] * 5
+    said = [r.getMessage() for r in caplog.records if "several params files" in r.getMessage()]
+    assert len(said) == 1 and "default.json, default.yaml" in said[0]  # was once per get_value
+
+
+def test_a_params_folder_that_cannot_be_searched_is_a_params_error(pdir, monkeypatch):
+    from pathlib import Path
+
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_file", refuse)  # what a 0700 workspace of another user gives
+    with pytest.raises(ParamsError, match=r"cannot look for params file .*default\.json: Permission denied"):
+        Params(pdir).get_value("a")
 
 
 def test_binary_garbage_is_a_params_error(pdir):
