@@ -282,16 +282,20 @@ class MultiProcessingLogHandler(logging.Handler):
         self.maxBytes = maxBytes
         self.backupCount = backupCount
         self._owner_pid: int | None = os.getpid()
-        self._sock_dir: str | None = tempfile.mkdtemp(prefix="ava-log-")
-        self._address = os.path.join(self._sock_dir, "s")
+        self._listener: _Listener | None = None
         self._conn: socket.socket | None = None
         self._conn_pid: int | None = None
         self._fallback = False
+        self._closed = True  # until the listener runs: close() at exit has nothing to do
+        self._sock_dir: str | None = _socket_dir()
+        self._address = os.path.join(self._sock_dir, "s")
+        try:
+            Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+            self._listener = _Listener(self._address, _RotatingFile(self.baseFilename, mode, maxBytes, backupCount))
+        except BaseException:
+            shutil.rmtree(self._sock_dir, ignore_errors=True)
+            raise
         self._closed = False
-        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
-        self._listener: _Listener | None = _Listener(
-            self._address, _RotatingFile(self.baseFilename, mode, maxBytes, backupCount)
-        )
         self._listener.start()
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -375,6 +379,15 @@ class MultiProcessingLogHandler(logging.Handler):
                 if self._sock_dir:
                     shutil.rmtree(self._sock_dir, ignore_errors=True)
         super().close()
+
+
+def _socket_dir() -> str:
+    """A private 0700 directory for the listener's socket, in the temporary directory if its
+    path fits a Unix socket address (108 bytes on Linux), else in /tmp."""
+    where = tempfile.gettempdir()
+    if len(os.path.join(where, "ava-log-xxxxxxxx", "s").encode()) > 100 and os.path.isdir("/tmp"):
+        where = "/tmp"
+    return tempfile.mkdtemp(prefix="ava-log-", dir=where)
 
 
 def _make_sender(address: str, filename: str, level: int, formatter: logging.Formatter | None,

@@ -251,3 +251,27 @@ def test_a_rotation_that_keeps_failing_is_said_once_and_nothing_is_lost(tmp_path
     assert err.count("cannot rotate log file") == 1, err[:2000]  # was once per record
     lines = (tmp_path / "run.log").read_text().splitlines()
     assert [ln.split()[1] for ln in lines] == [str(i) for i in range(200)]
+
+
+def test_a_long_temporary_directory_path_does_not_stop_the_log(tmp_path, monkeypatch):
+    import tempfile
+
+    long_tmp = tmp_path / ("t" * 60) / ("u" * 60)  # a container's TMPDIR under a deep work dir
+    long_tmp.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(long_tmp))
+    handler = MultiProcessingLogHandler(tmp_path / "run.log")  # was: OSError AF_UNIX path too long
+    handler.write_raw("hello")
+    handler.close()
+    assert (tmp_path / "run.log").read_text() == "hello\n"
+    assert not list(long_tmp.iterdir())
+
+
+def test_a_handler_that_cannot_open_its_file_leaves_no_socket_directory(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "logs").write_text("a file where the log folder should be")
+    with pytest.raises(OSError):
+        MultiProcessingLogHandler(tmp_path / "logs" / "run.log")
+    assert not list((tmp_path / "tmp").iterdir())
