@@ -491,7 +491,8 @@ class TrainInstance:
             if self._writer is not None and not self._writer.close(timeout=LOCAL_FLUSH_TIMEOUT + budget):
                 log.warning("instance %s: metrics not fully written to %s", self.training_ins_id, self.metrics_path)
             if self._http is not None:
-                if not self._http.wait(end - time.monotonic()):
+                # A refusal was said when it came (once, with its reason): no second, vaguer line.
+                if not self._http.wait(end - time.monotonic()) and not self._http.refused:
                     log.warning("instance %s: %d bytes of metrics not delivered to %s within %.1f s; they stay in "
                                 "%s and are sent when this instance is resumed", self.training_ins_id,
                                 self._http.backlog_bytes(), self._http.base_url, budget, self.metrics_path)

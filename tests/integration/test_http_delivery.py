@@ -110,13 +110,14 @@ def test_training_thread_never_waits_on_a_server_that_never_answers(ws, platform
 
 def test_a_4xx_is_reported_once_and_keeps_the_records(ws, platform, caplog):
     platform.faults.mode = "400"
-    caplog.set_level(logging.ERROR, logger="ava.metrics.sinks.http")
+    caplog.set_level(logging.WARNING)
     ins = open_instance(ws, "refused", platform.url)
     for i in range(100):
         ins.log_metrics({"loss": 1.0}, step=i)
     ins.done(timeout=2)
-    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    refusals = [r for r in caplog.records if "refused the records" in r.getMessage()]
     assert len(refusals) == 1 and "HTTP 400" in refusals[0].getMessage() and "stopping delivery" in refusals[0].getMessage()
+    assert not any("not delivered" in r.getMessage() for r in caplog.records)  # no second, vaguer line
     # A few probes of smaller parts tell a server refusing everything from one bad record.
     assert 1 < platform.faults.hits < 20
     assert len(list(iter_records(ins.metrics_path))) == 100
@@ -200,3 +201,111 @@ def test_a_damaged_offset_file_resends_and_the_server_drops_duplicates(ws, platf
     third = open_instance(ws, "offset", platform.url)
     third.done()
     assert stored(platform.db_path, "offset") == [(0, s) for s in range(101)]
+
+
+def _stalling_server(trickle: bool):
+    """A status host that sends the headers of a 200, then its body a byte a second (or never)."""
+    import socket
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(5)
+
+    def handle(conn):
+        f = conn.makefile("rb")
+        f.readline()
+        n = 0
+        while (h := f.readline()) not in (b"\r\n", b""):
+            if h.lower().startswith(b"content-length:"):
+                n = int(h.split(b":")[1])
+        f.read(n)
+        try:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+            for _ in range(1000):
+                if trickle:
+                    conn.sendall(b"x")
+                time.sleep(1)
+        except OSError:
+            pass
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv
+
+
+@pytest.mark.parametrize("trickle", [False, True])
+def test_done_keeps_its_bound_when_the_status_host_stalls_in_an_answer(ws, trickle):
+    srv = _stalling_server(trickle)
+    try:
+        ins = open_instance(ws, f"stall-{trickle}", f"http://127.0.0.1:{srv.getsockname()[1]}", AVA_DONE_TIMEOUT="2")
+        ins.log_metrics({"loss": 1.0}, step=0)
+        ins.flush_metrics(10)
+        t0 = time.monotonic()
+        ins.done()
+        took = time.monotonic() - t0
+    finally:
+        srv.close()
+    # The old stop() closed the connection under the reading thread: 30 s for a stalled
+    # answer, for ever for a trickled one (SIGTERM could not end the process either).
+    assert took < 15, took
+    assert json.loads((ins.metrics_path.parent.parent / "status.json").read_text())["status"] == "done"
+
+
+def test_a_lone_refused_record_after_deliveries_is_skipped_and_delivery_goes_on(ws, platform, caplog):
+    caplog.set_level(logging.WARNING, logger="ava.metrics.sinks.http")
+    ins = open_instance(ws, "lone", platform.url)
+    for i in range(5):
+        ins.log_metrics({"loss": 1.0}, step=i)
+    ins.flush_metrics(10)
+    assert wait_for(lambda: len(stored(platform.db_path, "lone")) == 5)
+    ins.log_metrics({"loss": 1.0}, step=2**63)  # alone in its batch, refused by the server
+    ins.flush_metrics(10)
+    assert wait_for(lambda: ins._http.skipped == 1 or ins._http.refused)
+    for i in range(6, 50):
+        ins.log_metrics({"loss": 1.0}, step=i)
+    ins.done(timeout=30)
+    # The old sink took a lone refused record for a server refusing everything and stopped.
+    assert not ins._http.refused
+    assert stored(platform.db_path, "lone") == [(0, s) for s in range(50) if s != 5]
+
+
+def test_a_line_longer_than_a_read_is_stepped_over(ws, platform, caplog):
+    caplog.set_level(logging.WARNING, logger="ava.metrics.sinks.http")
+    ins = open_instance(ws, "bigev", platform.url)
+    ins.log_metrics({"loss": 1.0}, step=0)
+    ins.log_event("note", step=0, text="x" * 5_000_000)  # events are not sent; its line is 5 MB
+    for i in range(1, 100):
+        ins.log_metrics({"loss": 1.0 / i}, step=i)
+    ins.done(timeout=30)
+    assert stored(platform.db_path, "bigev") == [(0, s) for s in range(101) if s != 1]
+    assert any("too long to deliver" in r.getMessage() for r in caplog.records)
+
+
+def test_a_new_status_host_or_a_negative_offset_delivers_from_the_start(ws, platform, tmp_path):
+    ins = open_instance(ws, "moved", platform.url)
+    for i in range(50):
+        ins.log_metrics({"loss": 1.0}, step=i)
+    ins.done()
+    other = PlatformServer(str(tmp_path / "other.db"))
+    other.start_in_thread()
+    try:
+        again = open_instance(ws, "moved", other.url)  # the platform moved between two runs
+        again.log_metrics({"loss": 2.0}, step=50)
+        again.done()
+        assert stored(other.db_path, "moved") == [(0, s) for s in range(51)]  # was only seq 50
+        offset_file = ins.metrics_path.parent / "metrics.jsonl.http-offset"
+        offset_file.write_text(json.dumps({"offset": -50, "url": platform.url}))
+        third = open_instance(ws, "moved", platform.url)  # the thread died on seek(-50) before
+        third.log_metrics({"loss": 3.0}, step=51)
+        third.done()
+        assert stored(platform.db_path, "moved") == [(0, s) for s in range(52)]
+    finally:
+        other.stop()

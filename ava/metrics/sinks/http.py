@@ -159,6 +159,7 @@ class HttpSink(Sink):
         self.delivered = 0
         self.refused = False
         self.skipped = 0  # records the server refused one by one (left out of delivery)
+        self._accepted = False  # the server took a batch in this process: it is not refusing everything
         self._failing_since: float | None = None
         self._last_fail_log = 0.0
         self._thread = threading.Thread(target=self._run, name="ava-metrics-http", daemon=True)
@@ -194,12 +195,27 @@ class HttpSink(Sink):
         return self.offset >= target
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread (the offset is already saved); safe to call twice."""
+        """Stop the thread (the offset is already saved); safe to call twice.
+
+        A request in flight is cut off by shutting its socket down (a server that stalls, or
+        trickles its answer a byte at a time, would otherwise hold the caller, ``done()``, for
+        as long as it likes); what it carried is sent again by the next process, and the server
+        drops duplicates. The connection is closed by the thread itself: closing it from here
+        would wait for the lock of the response the thread is reading.
+        """
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout)
-        if self._conn is not None:
+        if self._thread.is_alive():
+            sock = getattr(self._conn, "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            self._thread.join(timeout)
+        elif self._conn is not None:
             self._conn.close()
+            self._conn = None
 
     # --- the delivery thread ------------------------------------------------------------
     def _load_offset(self) -> int:
@@ -211,6 +227,14 @@ class HttpSink(Sink):
         except (ValueError, KeyError, TypeError):
             log.warning("%s is unreadable; delivering %s from the start (the server drops duplicates)",
                         self.offset_path, self.jsonl_path.name)
+            return 0
+        if offset < 0:
+            log.warning("%s holds a negative offset; delivering %s from the start", self.offset_path,
+                        self.jsonl_path.name)
+            return 0
+        if isinstance(doc, dict) and doc.get("url") not in (None, self.base_url):
+            log.info("%s was delivered to %s; delivering it from the start to %s", self.jsonl_path.name,
+                     doc.get("url"), self.base_url)
             return 0
         size = self.jsonl_path.stat().st_size if self.jsonl_path.exists() else 0
         if offset > size:
@@ -239,7 +263,7 @@ class HttpSink(Sink):
             return None
         end = chunk.rfind(b"\n")
         if end < 0:
-            return None
+            return self._skip_long_line(offset) if len(chunk) == _READ_CHUNK else None
         lines = chunk[:end].split(b"\n", self._batch)
         if len(lines) > self._batch:
             lines.pop()  # the rest of the chunk: the next batch
@@ -247,6 +271,25 @@ class HttpSink(Sink):
         # "\n" is never inside a UTF-8 sequence, so decoding once and splitting again is safe.
         text = b"\n".join(lines).decode("utf-8", "replace").split("\n")
         return self._encode(text, offset), len(lines), offset + size, text
+
+    def _skip_long_line(self, offset: int) -> tuple[bytes, int, int, list[str]] | None:
+        """A line longer than a read (an event with megabytes of details: events are not sent)
+        is stepped over whole, so the records after it are delivered; None until it ends."""
+        pos = offset + _READ_CHUNK
+        with open(self.jsonl_path, "rb") as fh:
+            fh.seek(pos)
+            while True:
+                block = fh.read(_READ_CHUNK)
+                if not block:
+                    return None  # still being written
+                nl = block.find(b"\n")
+                if nl >= 0:
+                    end = pos + nl + 1
+                    break
+                pos += len(block)
+        log.warning("a line of %d bytes at byte %d of %s is too long to deliver; skipped, it stays there",
+                    end - offset, offset, self.jsonl_path.name)
+        return b"", 0, end, []
 
     def _encode(self, lines: list[str], offset: int) -> bytes:
         """Line protocol for ``lines`` (read from ``offset``), leaving out any it cannot read."""
@@ -265,6 +308,17 @@ class HttpSink(Sink):
         return b"".join(parts)
 
     def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._deliver()
+                return
+            except Exception as exc:  # noqa: BLE001 - the thread must not die: records would wait for good
+                log.error("metric delivery to %s: unexpected %s: %s; trying again in 5 s, nothing is lost",
+                          self.base_url, type(exc).__name__, exc, exc_info=True)
+                self._stop.wait(5.0)
+
+    def _deliver(self) -> None:
+        """Deliver until stopped or refused (see the module's docstring)."""
         attempt = 0
         batch: tuple[bytes, int, int, list[str]] | None = None
         while not self._stop.is_set():
@@ -353,7 +407,8 @@ class HttpSink(Sink):
                     parts[:0] = [part[:half], part[half:]]
                     continue
                 refused.append(part[0])
-                if not accepted and len(refused) >= min(_ALL_REFUSED, len(lines)):
+                # Nothing accepted, in this batch or before: the server may refuse everything.
+                if not accepted and not self._accepted and len(refused) >= min(_ALL_REFUSED, len(lines)):
                     raise first from None
         for line in refused:
             log.error("the metric endpoint %s refused the record %s; skipped, it stays in %s",
@@ -384,6 +439,7 @@ class HttpSink(Sink):
         except (OSError, http.client.HTTPException) as exc:
             raise self._fail(exc) from None
         if 200 <= resp.status < 300:
+            self._accepted = True
             if resp.will_close:
                 self._conn.close()
                 self._conn = None
@@ -392,4 +448,6 @@ class HttpSink(Sink):
         self._conn = None
         if resp.status in (408, 429) or resp.status >= 500:
             raise _Retry(f"HTTP {resp.status} {resp.reason}", _retry_after(resp.getheader("Retry-After")))
-        raise _Refused(f"HTTP {resp.status} {resp.reason}", resp.status)
+        moved = resp.getheader("Location") if 300 <= resp.status < 400 else None
+        raise _Refused(f"HTTP {resp.status} {resp.reason}" + (f" to {moved}; set AVA_STATUS_HOST to the new place"
+                                                             if moved else ""), resp.status)
