@@ -41,6 +41,22 @@ def test_tensorboard_sink_writes_scalars(ws, monkeypatch):
     assert ("val/accuracy", 4, 0.75) in scalars
 
 
+def test_tensorboard_tags_of_odd_names_are_legal_distinct_and_said_once(ws, monkeypatch, caplog):
+    monkeypatch.setenv("AVA_TENSORBOARD", "1")
+    monkeypatch.setenv("AVA_WORKSPACE", str(ws.root))
+    caplog.set_level("INFO")
+    ins = train.TrainInstance("tbnames", setup_logging=False)
+    for i in range(50):
+        ins.log_metrics({"val acc": 0.5, "val_acc": 0.25, "=": 1.0, ",": 2.0}, step=i)
+    ins.done()
+    tags = {t for t, _, _ in read_scalars(ws.root / "run" / "tbnames" / "logs" / "tensorboard")}
+    # tensorboardX alone merged these into train/val_acc and train/_, with a log line per record.
+    assert tags == {"train/val_acc", "train/val_acc_2", "train/_", "train/__2"}
+    said = [r.getMessage() for r in caplog.records]
+    assert not any("is illegal" in m for m in said)
+    assert sum("shown in TensorBoard as" in m for m in said) == 4  # each renamed name, once
+
+
 def test_runs_list_show_and_plot(ws, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("AVA_WORKSPACE", str(ws.root))
     ins = train.TrainInstance("curves", setup_logging=False)
