@@ -132,6 +132,9 @@ class PlatformClient:
     def _new_session(self, verify: Any) -> Any:
         session = self._requests.Session()
         session.verify = verify
+        # Direct, as the metric sink and the old SDK's client: a container's HTTP_PROXY (set
+        # for the internet) must not take the platform's calls away from a cluster-internal host.
+        session.trust_env = False
         return session
 
     def create_instance(self, training: str, spec: dict[str, Any]) -> dict[str, Any]:

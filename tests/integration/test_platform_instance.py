@@ -25,6 +25,20 @@ def test_instance_is_created_and_finished_on_the_platform(ws, platform):
     assert remote["status"] == "failed" and remote["errMsg"] == "diverged" and remote["stopTime"]
 
 
+def test_proxy_variables_do_not_take_the_platform_calls_away(ws, platform, monkeypatch):
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # a container's proxy for the internet
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    ins = train.TrainInstance("proxied", workspace=ws.root, setup_logging=False,
+                              env={"AVA_API_HOST": platform.url, "AVA_STATUS_HOST": platform.url, "JOB_NAME": "j"})
+    ins.log_metrics({"loss": 1.0}, step=0)
+    ins.done()
+    # The metric sink went direct while the API client went to the proxy: metrics for an
+    # instance the platform never heard of.
+    assert PlatformClient(platform.url).get_instance("j", "proxied")["status"] == "done"
+
+
 def test_explicit_id_is_registered_when_the_platform_lacks_it(ws, platform):
     ins = train.TrainInstance("given-id", workspace=ws.root, setup_logging=False,
                               env={"AVA_API_HOST": platform.url, "JOB_NAME": "ava-job-42"})
