@@ -412,7 +412,7 @@ class PlatformServer:
         self.port = sockets[0].getsockname()[1]
         self._http = tornado.httpserver.HTTPServer(self.app(), max_body_size=256 << 20)
         self._http.add_sockets(sockets)
-        self.url = f"http://{self.host}:{self.port}"
+        self.url = f"http://{f'[{self.host}]' if ':' in self.host else self.host}:{self.port}"  # IPv6 in brackets
 
     def start_in_thread(self) -> str:
         """Serve on a daemon thread; returns the URL once it is listening."""

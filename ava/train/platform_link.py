@@ -66,7 +66,9 @@ class PlatformLink:
             if instance_id is not None:
                 found = self.client.get_instance(self.training, instance_id)
                 if found is not None:
-                    self.spec = {**found, **spec}
+                    # A resumed run: the attempt before's end (its error, its stop time) is not this one's.
+                    earlier = {k: v for k, v in found.items() if k not in ("errMsg", "stopTime")}
+                    self.spec = {**earlier, "errMsg": "", "stopTime": None, **spec}
                     self.client.update_instance(self.training, instance_id, self.spec)
                     return instance_id
                 self.spec["id"] = instance_id

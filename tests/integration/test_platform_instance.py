@@ -223,3 +223,35 @@ def test_done_keeps_to_its_budget_when_both_platform_hosts_hang(ws):
         assert json.loads(ins.status_path.read_text())["status"] == "done"
     finally:
         server.close()
+
+
+def test_a_resumed_instance_does_not_show_the_last_attempts_error_while_it_runs(ws, platform):
+    env = {"AVA_API_HOST": platform.url, "JOB_NAME": "j"}
+    train.TrainInstance("again", workspace=ws.root, setup_logging=False, env=env).done(err_msg="boom")
+    ins = train.TrainInstance("again", workspace=ws.root, setup_logging=False, env=env)
+    remote = PlatformClient(platform.url).get_instance("j", "again")
+    assert remote["status"] == "running" and not remote.get("errMsg") and not remote.get("stopTime"), remote
+    ins.done()
+    remote = PlatformClient(platform.url).get_instance("j", "again")
+    assert remote["status"] == "done" and not remote.get("errMsg") and remote["stopTime"]
+
+
+def test_the_reference_server_prints_a_usable_ipv6_url(tmp_path):
+    import socket
+    from ava.platform_server import PlatformServer
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    try:
+        server = PlatformServer(str(tmp_path / "p6.db"), host="::1")
+        server.start_in_thread()
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    try:
+        assert server.url.startswith("http://[::1]:")
+        ins = train.TrainInstance("v6", workspace=tmp_path / "ws", setup_logging=False,
+                                  env={"AVA_API_HOST": server.url, "JOB_NAME": "j"})
+        ins.done()
+        assert PlatformClient(server.url).get_instance("j", "v6")["status"] == "done"
+    finally:
+        server.stop()
