@@ -19,6 +19,9 @@ epoch began), the validation values with ``phase="val"``. Names
 lose the estimator's ``training ``/``validation `` prefix. :class:`SnapshotHandler` saves
 ``net.save_parameters`` and ``trainer.save_states`` into ``run/<id>/output/`` every
 ``epoch_interval`` epochs and hands them to the background uploader as snapshot ``epoch-NNNN``.
+To resume, ``start, step = snapshots.resume(net, trainer)`` loads the newest snapshot; fit
+``epochs - start`` more with ``MonitorHandler(..., begin_epoch=start, begin_step=step)``, and
+numbering (records, snapshot names, ``LATEST``) goes on from there.
 
 Hand-written loop::
 
@@ -49,6 +52,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import operator
 import time
 from pathlib import Path
 from typing import Any
@@ -64,6 +68,13 @@ mx = _mx()
 from mxnet.gluon.contrib.estimator import event_handler as _eh  # noqa: E402
 
 _PREFIXES = ("training ", "validation ")
+
+
+def _count(value: Any, what: str) -> int:
+    """``value`` as a non-negative int (numpy integers taken); else a UsageError naming ``what``."""
+    if isinstance(value, bool) or not hasattr(value, "__index__") or operator.index(value) < 0:
+        raise UsageError(f"{what} must be a non-negative integer, got {value!r}")
+    return operator.index(value)
 
 
 def _plain_name(name: str) -> str:
@@ -127,6 +138,9 @@ class MonitorHandler(_eh.TrainBegin, _eh.EpochBegin, _eh.BatchEnd, _eh.EpochEnd)
         batch_size: samples per batch; None reads it from each batch.
         priority: the handler's place among the estimator's; after its metric and validation
             handlers (-1000), before its logging handler (inf).
+        begin_epoch: the epoch ``fit`` starts at, and
+        begin_step: the step count then, when a run is resumed (what
+            :meth:`SnapshotHandler.resume` returns), so records continue the earlier ones.
 
     Example:
         >>> import tempfile
@@ -137,7 +151,7 @@ class MonitorHandler(_eh.TrainBegin, _eh.EpochBegin, _eh.BatchEnd, _eh.EpochEnd)
     """
 
     def __init__(self, train_ins: Any, log_interval: int | str = 50, batch_size: int | None = None, *,
-                 priority: float = 0) -> None:
+                 priority: float = 0, begin_epoch: int = 0, begin_step: int = 0) -> None:
         if log_interval != "epoch":
             log_interval = _positive_int(log_interval, "log_interval")
         self._ins = train_ins
@@ -146,12 +160,14 @@ class MonitorHandler(_eh.TrainBegin, _eh.EpochBegin, _eh.BatchEnd, _eh.EpochEnd)
         self.priority = priority
         self._units = {"speed": "samples/s"}
         self._guard = _Guard("ava gluon MonitorHandler")
+        self.begin_epoch = _count(begin_epoch, "begin_epoch")
+        self.begin_step = _count(begin_step, "begin_step")
         train_ins.should_stop()  # a stop request now waits for the end of a batch
         self._reset_counters()
 
     def _reset_counters(self) -> None:
-        self.step = 0
-        self.epoch = 0
+        self.step = self.begin_step
+        self.epoch = self.begin_epoch
         self.batch_index = 0
         self.samples = 0
         self._window_samples = 0
@@ -216,6 +232,8 @@ class SnapshotHandler(_eh.TrainBegin, _eh.BatchEnd, _eh.EpochEnd):
         prefix: the file name prefix.
         directory: where the files are written; ``train_ins.get_snapshot_base_path()`` by default.
         save_states: also save the trainer's optimizer states.
+        begin_epoch: the epoch ``fit`` starts at, and
+        begin_step: the step count then, when a run is resumed (:meth:`resume` sets both).
 
     Example:
         >>> import tempfile
@@ -226,7 +244,8 @@ class SnapshotHandler(_eh.TrainBegin, _eh.BatchEnd, _eh.EpochEnd):
     """
 
     def __init__(self, train_ins: Any, epoch_interval: int = 1, prefix: str = "model",
-                 directory: str | Path | None = None, *, save_states: bool = True, priority: float = 0) -> None:
+                 directory: str | Path | None = None, *, save_states: bool = True, priority: float = 0,
+                 begin_epoch: int = 0, begin_step: int = 0) -> None:
         if not prefix or "/" in prefix:
             raise UsageError(f"prefix must be a file name prefix without '/', got {prefix!r}")
         self._ins = train_ins
@@ -235,13 +254,32 @@ class SnapshotHandler(_eh.TrainBegin, _eh.BatchEnd, _eh.EpochEnd):
         self.directory = Path(directory or train_ins.get_snapshot_base_path())
         self.save_states = save_states
         self.priority = priority
-        self.epoch = 0
-        self.step = 0
+        self.begin_epoch = _count(begin_epoch, "begin_epoch")
+        self.begin_step = _count(begin_step, "begin_step")
+        self.epoch = self.begin_epoch
+        self.step = self.begin_step
         self._guard = _Guard("ava gluon SnapshotHandler")
 
+    def resume(self, net: Any, trainer: Any = None) -> tuple[int, int]:
+        """Load the newest confirmed Gluon snapshot of this instance into ``net`` (and ``trainer``)
+        and continue numbering from it: the next ``fit`` saves ``epoch-NNNN`` after it, never
+        over it, and ``LATEST`` only moves forward.
+
+        Returns:
+            ``(start_epoch, step)`` (``(0, 0)`` without a snapshot): train ``epochs - start_epoch``
+            more, and give both to :class:`MonitorHandler` as ``begin_epoch``/``begin_step``.
+        """
+        found = _load_snapshot(self._ins, net, trainer)
+        if found is None:
+            return 0, 0
+        epoch, step, _samples = found
+        self.begin_epoch, self.begin_step = epoch + 1, step
+        self.epoch, self.step = epoch + 1, step
+        return epoch + 1, step
+
     def train_begin(self, estimator: Any, *args: Any, **kwargs: Any) -> None:
-        self.epoch = 0
-        self.step = 0
+        self.epoch = self.begin_epoch
+        self.step = self.begin_step
 
     def batch_end(self, estimator: Any, *args: Any, **kwargs: Any) -> bool:
         self.step += 1
@@ -401,31 +439,41 @@ class LoopMonitor:
             ``(start_epoch, step)``: the epoch after the one saved and the step count then;
             ``(0, 0)`` when there is no Gluon snapshot. The monitor continues counting from there.
         """
-        info = self._ins.resume_info()
-        meta = info.snapshot_meta or {}
-        if info.snapshot is None or meta.get("framework") != "gluon":
+        found = _load_snapshot(self._ins, net, trainer)
+        if found is None:
             return 0, 0
-        params = next((f for f in info.files if f.name.endswith(".params")), None)
-        states = next((f for f in info.files if f.name.endswith(".states")), None)
-        if params is None:
-            log.warning("snapshot %s holds no .params file; nothing to resume from", info.snapshot)
-            return 0, 0
-        for path, load in ((params, net.load_parameters),
-                           (states, trainer.load_states if trainer is not None else None)):
-            if path is None or load is None:
-                continue
-            try:
-                load(str(path))
-            except Exception as exc:  # noqa: BLE001 - MXNetError, AssertionError, ValueError...
-                raise UsageError(f"snapshot {info.snapshot}: {path} cannot be loaded: "
-                                 f"{' '.join(str(exc).split()[:40]) or type(exc).__name__}") from None
-        epoch, step = int(meta["epoch"]), int(meta.get("step") or 0)
+        epoch, step, samples = found
         self.epoch, self.global_step, self.batch = epoch + 1, step, 0
-        self.samples = int(meta.get("samples") or 0)
+        self.samples = samples
         self._tic, self._window = None, 0
-        self._ins.log_event("resume", step=step, path=str(params), epoch=epoch)
-        log.info("resumed from snapshot %s: epoch %d done, step %d", info.snapshot, epoch, step)
         return epoch + 1, step
+
+
+def _load_snapshot(train_ins: Any, net: Any, trainer: Any) -> tuple[int, int, int] | None:
+    """Load the newest confirmed Gluon snapshot into ``net`` (and ``trainer``): its
+    ``(epoch, step, samples)``, or None when there is none. An unloadable file is a UsageError."""
+    info = train_ins.resume_info()
+    meta = info.snapshot_meta or {}
+    if info.snapshot is None or meta.get("framework") != "gluon":
+        return None
+    params = next((f for f in info.files if f.name.endswith(".params")), None)
+    states = next((f for f in info.files if f.name.endswith(".states")), None)
+    if params is None:
+        log.warning("snapshot %s holds no .params file; nothing to resume from", info.snapshot)
+        return None
+    for path, load in ((params, net.load_parameters),
+                       (states, trainer.load_states if trainer is not None else None)):
+        if path is None or load is None:
+            continue
+        try:
+            load(str(path))
+        except Exception as exc:  # noqa: BLE001 - MXNetError, AssertionError, ValueError...
+            raise UsageError(f"snapshot {info.snapshot}: {path} cannot be loaded: "
+                             f"{' '.join(str(exc).split()[:40]) or type(exc).__name__}") from None
+    epoch, step = int(meta["epoch"]), int(meta.get("step") or 0)
+    train_ins.log_event("resume", step=step, path=str(params), epoch=epoch)
+    log.info("resumed from snapshot %s: epoch %d done, step %d", info.snapshot, epoch, step)
+    return epoch, step, int(meta.get("samples") or 0)
 
 
 def monitor_callback(train_ins: Any, **kwargs: Any) -> MonitorHandler:

@@ -324,3 +324,34 @@ def test_bad_arguments(ins):
         gluon_monitor.SnapshotHandler(i, prefix="a/b")
     with pytest.raises(UsageError, match="other_files"):
         gluon_monitor.epoch_end_callback(i, other_files=["x"])
+
+
+def test_a_resumed_estimator_run_continues_numbering_and_never_saves_over_earlier_snapshots(tmp_path):
+    ws = tmp_path / "ws"
+    steps_per_epoch = N_TRAIN // BATCH
+
+    def attempt(epochs_wanted):
+        ins = train.TrainInstance("gl-resume", workspace=ws, setup_logging=False)
+        net = make_net()
+        trainer = make_trainer(net)
+        snap = gluon_monitor.SnapshotHandler(ins)
+        start_epoch, step = snap.resume(net, trainer)
+        mon = gluon_monitor.MonitorHandler(ins, log_interval="epoch", begin_epoch=start_epoch, begin_step=step)
+        est = estimator.Estimator(net, gluon.loss.SoftmaxCrossEntropyLoss(), trainer=trainer)
+        est.fit(loaders()[0], epochs=epochs_wanted - start_epoch, event_handlers=[mon, snap])
+        assert ins.snapshot_uploader.wait(60)
+        ins.done()
+        return ins, start_epoch, step
+
+    first, start, _ = attempt(3)
+    assert start == 0
+    manifest_2 = (ws / "storage" / "gl-resume" / "snapshots" / "epoch-0002" / "MANIFEST.json").read_text()
+    second, start, step = attempt(5)
+    assert (start, step) == (3, 3 * steps_per_epoch)
+    snaps = ws / "storage" / "gl-resume" / "snapshots"
+    # The old handlers started again at epoch 0: epoch-0001 and -0002 were saved over, LATEST went back.
+    assert (snaps / "LATEST").read_text() == "epoch-0005"
+    assert (snaps / "epoch-0002" / "MANIFEST.json").read_text() == manifest_2
+    train_epochs = [(r["epoch"], r["step"]) for r in iter_records(second.metrics_path)
+                    if r.get("name") == "accuracy" and r.get("phase") == "train"]
+    assert train_epochs == [(e, (e + 1) * steps_per_epoch) for e in range(5)]
