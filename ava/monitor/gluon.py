@@ -402,6 +402,13 @@ class LoopMonitor:
         self._tic, self._window = now, 0
         self._ins.log_metrics(out, step=self.global_step, epoch=self.epoch, batch=self.batch - 1, units=self._units)
 
+    def epoch_begin(self, epoch: int) -> None:
+        """The steps from now on belong to ``epoch`` (a loop that counts epochs from 1); without
+        it, epochs count from 0 and follow ``epoch_end()``."""
+        epoch = check_epoch(epoch)
+        if epoch != self.epoch:
+            self.epoch, self.batch = epoch, 0
+
     def epoch_end(self, net: Any, trainer: Any, epoch: int, **val_values: Any) -> list[Path]:
         """Record ``val_values`` (``phase="val"``) and, every ``checkpoint_every`` epochs, save and upload.
 

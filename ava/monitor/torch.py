@@ -12,8 +12,9 @@
         mon.epoch_end(model, optimizer, epoch, accuracy=evaluate(model))
 
 - ``step()`` counts a batch. Only every ``log_every`` steps does it record anything: ``loss`` and
-  the other keyword values as given (tensors are handed over as they are and read with
-  ``.item()`` on the writer thread, so a GPU loop is never synchronised by the monitor), ``lr``
+  the other keyword values as given (tensors are copied on their device, which queues a copy
+  and does not wait, and read with ``.item()`` on the writer thread, so a GPU loop is never
+  synchronised by the monitor, and a tensor changed in place later keeps its value), ``lr``
   of each parameter group of the optimizer (``lr``, ``lr_1``, ...; schedulers write there),
   ``speed`` (samples/s over the steps since the previous record, or iter/s without a batch
   size) and ``samples``. Values are those of the step recorded, not averages.
@@ -31,7 +32,9 @@
   mid-epoch resumes from the last checkpoint: its steps start again lower (a rewind).
 
 ``step`` numbers: ``step`` is the number of ``step()`` calls so far (the first records step 1),
-carried across a resume; ``batch`` is the 0-based index within the epoch.
+carried across a resume; ``batch`` is the 0-based index within the epoch. ``epoch`` counts from
+0 and follows ``epoch_end()``; a loop that numbers its epochs otherwise (``range(1, n)``) says
+so with ``epoch_begin(epoch)``, so that training and validation records of one epoch agree.
 
 Example:
     >>> import tempfile, torch
@@ -203,6 +206,14 @@ class TorchMonitor:
     # --- every epoch ---------------------------------------------------------------------------
     def checkpoint_path(self, epoch: int) -> Path:
         return self.output_dir / f"{CHECKPOINT_PREFIX}{epoch:04d}.pt"
+
+    def epoch_begin(self, epoch: int) -> None:
+        """The steps from now on belong to ``epoch`` (a loop that counts epochs from 1, or resumes
+        with its own count); without it, epochs count from 0 and follow ``epoch_end()``."""
+        epoch = check_epoch(epoch)
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self._epoch_start = self.global_step
 
     def epoch_end(self, model: Any, optimizer: Any, epoch: int, *, scheduler: Any = None,
                   **val_metrics: Any) -> Path | None:

@@ -339,3 +339,20 @@ def test_epoch_end_callback_with_settings_configures_the_monitor_the_batches_use
     with pytest.raises(UsageError, match="unknown arguments"):
         ins.get_epoch_end_callback("torch", checkpoint_evry=1)
     ins.done()
+
+
+def test_epoch_begin_labels_a_loop_that_counts_epochs_from_one(workspace):
+    ins = open_ins(workspace)
+    mon = torch_monitor.TorchMonitor(ins, log_every=2, checkpoint_every=0)
+    model = make_model()
+    opt, _ = make_optimizer(model)
+    for epoch in range(1, 4):
+        mon.epoch_begin(epoch)
+        for b in range(4):
+            mon.step(loss=float(epoch))
+        mon.epoch_end(model, opt, epoch, val_loss=float(epoch))
+    # Without epoch_begin, epoch 1's training records said epoch 0 and its validation epoch 1.
+    train_recs = [(r["value"], r["epoch"], r["batch"]) for r in records(ins, name="loss")]
+    assert train_recs == [(float(e), e, b) for e in (1, 2, 3) for b in (1, 3)]
+    assert [(r["value"], r["epoch"]) for r in records(ins, name="val_loss")] == [(float(e), e) for e in (1, 2, 3)]
+    ins.done()
