@@ -376,6 +376,11 @@ class S3Storage(Storage):
         except Exception as exc:  # noqa: BLE001
             raise self._error(exc, url, "download of") from None
         try:
+            self._check_s3(resp, url)
+        except StorageError:
+            resp["Body"].close()
+            raise
+        try:
             local.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".part", dir=local.parent)
             os.fchmod(fd, new_file_mode(local))
@@ -436,6 +441,16 @@ class S3Storage(Storage):
             raise StorageError(f"download of {url}: the data's MD5 {md5.hexdigest()} differs from the ETag {plain}; "
                                "download it again")
 
+    def _check_s3(self, resp: dict[str, Any], url: str) -> None:
+        """An object's answer carries an ETag; a web page with none is a console or a site, not
+        S3 (a MinIO console port given for its API port): its HTML must not become the file."""
+        if resp.get("ETag"):
+            return
+        kind = str(resp.get("ContentType") or "").split(";")[0].strip().lower()
+        if kind in ("text/html", "application/xhtml+xml"):
+            raise StorageError(f"{url}: {self.endpoint or 'the S3 endpoint'} answered with a web page, not an "
+                               "S3 object; is AVA_S3_ENDPOINT the S3 API (not a web console)?")
+
     def stat(self, url: str) -> ObjectInfo:
         bucket, key = self._split_key(url)
         client = self.client(url)
@@ -446,6 +461,7 @@ class S3Storage(Storage):
             if isinstance(err, ObjectNotFoundError):
                 raise self._not_found(client, url) from None
             raise err from None
+        self._check_s3(head, url)
         mtime = head.get("LastModified")
         return ObjectInfo(url, int(head["ContentLength"]), str(head.get("ETag", "")).strip('"') or None,
                           mtime.timestamp() if mtime is not None else None)

@@ -173,3 +173,44 @@ def test_upload_of_a_folder_to_a_prefix_ending_in_slash_keeps_its_name(ava, tmp_
     # The old command put both trees straight under runs/: run2 overwrote run1.
     assert (tmp_path / "store/runs/run1/model.bin").read_text() == "run1 weights"
     assert (tmp_path / "store/runs/run2/model.bin").read_text() == "run2 weights"
+
+
+def test_fetch_from_an_s3_endpoint_that_is_a_web_console_fails_and_writes_nothing(ava, tmp_path, monkeypatch):
+    import http.server
+    import threading
+
+    class Console(http.server.BaseHTTPRequestHandler):
+        def _page(self, body: bool) -> None:
+            page = b"<!doctype html><html><body>Console</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            if body:
+                self.wfile.write(page)
+
+        def do_GET(self):
+            self._page(True)
+
+        def do_HEAD(self):
+            self._page(False)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Console)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AVA_S3_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    from ava.storage import registry
+
+    monkeypatch.setattr(registry, "_instances", {})
+    try:
+        code, _, err = ava("fetch", "s3://models/run1/model.bin", str(tmp_path / "model.bin"))
+    finally:
+        server.shutdown()
+    # The old fetch wrote the console's HTML into model.bin and said it fetched it.
+    assert code != 0 and "answered with a web page, not an S3 object" in err, err
+    assert not (tmp_path / "model.bin").exists()
