@@ -128,8 +128,9 @@ class Env:
     # --- workspace ---------------------------------------------------------------------
     @property
     def workspace_override(self) -> str | None:
-        """The workspace root the environment asks for, if any."""
-        return self.get(AVA_WORKSPACE)
+        """The workspace root the environment asks for, if any (``~`` expanded; blank is unset)."""
+        value = (self.get(AVA_WORKSPACE) or "").strip()
+        return os.path.expanduser(value) if value else None
 
     @property
     def workspace_config_dir(self) -> Path | None:

@@ -61,6 +61,8 @@ class Workspace:
         env = env or Env()
         override = env.workspace_override
         if override:
+            if os.path.exists(override) and not os.path.isdir(override):
+                raise WorkspaceError(f"AVA_WORKSPACE={override} is a file, not a directory; point it at the workspace")
             return cls(override)
         platform_root = Path(default_root or "/workspace")
         if platform_root.is_dir():

@@ -51,6 +51,27 @@ def test_discover_prefers_env(tmp_path):
     assert ws.root == tmp_path / "x"
 
 
+def test_discover_expands_home_and_takes_blank_as_unset(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "platform").mkdir()
+    # The old lookup made a folder literally named "~" (or "  ") under the current directory.
+    assert Workspace.discover(Env({"AVA_WORKSPACE": "~/ws"})).root == tmp_path / "ws"
+    assert Workspace.discover(Env({"AVA_WORKSPACE": "  "}), default_root=str(tmp_path / "platform")).root == \
+        tmp_path / "platform"
+
+
+def test_a_workspace_variable_naming_a_file_is_said_at_once(tmp_path, capsys, monkeypatch):
+    from ava import cli
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(WorkspaceError, match=r"AVA_WORKSPACE=.*afile is a file, not a directory"):
+        Workspace.discover(Env({"AVA_WORKSPACE": str(tmp_path / "afile")}))
+    monkeypatch.setenv("AVA_WORKSPACE", str(tmp_path / "afile"))
+    code = cli.main(["params", "get", "epochs"])  # it said "key 'epochs' is missing from .../afile/params/..."
+    err = capsys.readouterr().err
+    assert code == 2 and "is a file, not a directory" in err and err.count("\n") == 1
+
+
 def test_discover_uses_platform_root_when_it_exists(tmp_path):
     (tmp_path / "platform").mkdir()
     ws = Workspace.discover(Env({}), default_root=str(tmp_path / "platform"))
