@@ -43,9 +43,12 @@ async def _http_get(tcp: TCPClient, url: str, headers: dict[str, str], tr: _Tran
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise _Fatal(f"{redact(url)!r} is not an http(s) URL")
         https = parts.scheme == "https"
-        stream = await tcp.connect(parts.hostname, parts.port or (443 if https else 80),
-                                   ssl_options=ssl_context() if https else None, timeout=connect_timeout,
-                                   max_buffer_size=4 * _BUF)
+        try:
+            stream = await tcp.connect(parts.hostname, parts.port or (443 if https else 80),
+                                       ssl_options=ssl_context() if https else None, timeout=connect_timeout,
+                                       max_buffer_size=4 * _BUF)
+        except tornado.iostream.StreamClosedError as exc:  # its cause says why: refused, unreachable...
+            raise exc.real_error or exc from None
         loop = asyncio.get_running_loop()
         state = {"last": loop.time(), "idle": False}
 

@@ -562,3 +562,14 @@ def test_downloads_hash_as_they_go(root, fetcher, tmp_path):
         out = fetcher.fetch_huge_file(server.url_for("big.bin"), tmp_path / "big.bin")
         assert server.stats.body_bytes == big.stat().st_size
     assert hashlib.md5(out.read_bytes()).hexdigest() == hashlib.md5(big.read_bytes()).hexdigest()
+
+
+def test_a_refused_connection_says_so(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # It said "Stream is closed", which names no cause.
+    with Fetcher(backoff=0.001, max_retry=1) as f, pytest.raises(FetchError, match="Connection refused"):
+        f.fetch_huge_file(f"http://127.0.0.1:{port}/x", tmp_path / "x")
