@@ -248,8 +248,11 @@ class S3Storage(Storage):
             return StorageURLError(f"{what} {url} refused: {' '.join(str(invalid).split())[:200]}")
         if client_error is not None:
             err = client_error.response.get("Error", {})
-            code = str(err.get("Code", ""))
-            message = str(err.get("Message", "")) or code
+            meta = client_error.response.get("ResponseMetadata", {})
+            # A server that is not S3 (an HTML error page) leaves both empty: say its HTTP status.
+            code = str(err.get("Code", "")) or (f"HTTP {meta['HTTPStatusCode']}" if meta.get("HTTPStatusCode") else "")
+            message = str(err.get("Message", "")) or ("no S3 error in the answer; is it an S3 endpoint?"
+                                                     if not err.get("Code") else code)
             if code == "NoSuchBucket":
                 return ObjectNotFoundError(f"no bucket {bucket!r} for {url}; create it, or check the bucket name "
                                            f"and {AVA_S3_ENDPOINT}")

@@ -214,3 +214,38 @@ def test_fetch_from_an_s3_endpoint_that_is_a_web_console_fails_and_writes_nothin
     # The old fetch wrote the console's HTML into model.bin and said it fetched it.
     assert code != 0 and "answered with a web page, not an S3 object" in err, err
     assert not (tmp_path / "model.bin").exists()
+
+
+def test_upload_to_a_server_that_is_not_s3_names_its_http_status(ava, tmp_path, monkeypatch):
+    import http.server
+    import threading
+
+    class NotS3(http.server.BaseHTTPRequestHandler):
+        def _refuse(self):
+            page = b"<html><title>405: Method Not Allowed</title></html>"
+            self.send_response(405)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(page)
+
+        do_PUT = do_POST = do_GET = do_HEAD = _refuse
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotS3)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    for name, value in (("AVA_S3_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}"),
+                        ("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "x"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    from ava.storage import registry
+
+    monkeypatch.setattr(registry, "_instances", {})
+    (tmp_path / "a").write_text("a")
+    try:
+        code, _, err = ava("upload", str(tmp_path / "a"), "s3://models/a")
+    finally:
+        server.shutdown()
+    assert code != 0 and "HTTP 405" in err and "is it an S3 endpoint?" in err, err  # it said "failed (: )"
