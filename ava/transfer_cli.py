@@ -27,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 from ava.env import Env
 from ava.errors import ObjectNotFoundError, StorageError, UsageError
+from ava.utils.fileio import os_reason
 
 EXIT_OK = 0
 
@@ -251,7 +252,7 @@ def cmd_fetch(args: argparse.Namespace, env: Env) -> int:
     except OSError as exc:
         if isinstance(exc, StorageError):
             raise
-        raise StorageError(f"cannot fetch {_redact(args.url)} to {args.dest}: {exc.strerror or exc}") from None
+        raise StorageError(f"cannot fetch {_redact(args.url)} to {args.dest}: {os_reason(exc)}") from None
     finally:
         progress.close()
     print(_summary("fetched", files, nbytes, seconds, f"to {where}"), flush=True)

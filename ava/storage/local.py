@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ava.errors import ObjectNotFoundError, StorageError, StorageURLError
 from ava.storage.base import ObjectInfo, Storage
-from ava.utils.fileio import fsync_dir, new_file_mode
+from ava.utils.fileio import fsync_dir, new_file_mode, os_reason
 
 _CHUNK = 1 << 20
 
@@ -71,7 +71,7 @@ class LocalStorage(Storage):
         except OSError as exc:
             if isinstance(exc, StorageError):
                 raise
-            raise StorageError(f"cannot write {url}: {exc.strerror or exc}") from None
+            raise StorageError(f"cannot write {url}: {os_reason(exc)}") from None
         return self.stat(url)
 
     def download(self, url: str, local: Path) -> Path:
@@ -84,7 +84,7 @@ class LocalStorage(Storage):
         except OSError as exc:
             if isinstance(exc, StorageError):
                 raise
-            raise StorageError(f"cannot download {url} to {local}: {exc.strerror or exc}") from None
+            raise StorageError(f"cannot download {url} to {local}: {os_reason(exc)}") from None
         return local
 
     def stat(self, url: str) -> ObjectInfo:

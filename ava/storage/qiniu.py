@@ -56,7 +56,7 @@ from ava.env import AVA_ACCESS_KEY, AVA_SECRET_KEY, Env
 from ava.errors import AvaError, ObjectNotFoundError, StorageError, UsageError
 from ava.log.redact import redact, register_secret
 from ava.storage.base import ObjectInfo, Storage, split_bucket_url, split_object_url, upload_source
-from ava.utils.fileio import atomic_write_text, fsync_dir, new_file_mode
+from ava.utils.fileio import atomic_write_text, fsync_dir, new_file_mode, os_reason
 from ava.utils.tls import tls_verify, warn_plain_http
 
 #: imported by the registry before the backend is made (see ava.storage.registry)
@@ -473,7 +473,7 @@ class QiniuStorage(Storage):
             fd, tmp = tempfile.mkstemp(prefix=f".{local.name}.", suffix=".part", dir=local.parent)
             os.fchmod(fd, new_file_mode(local))
         except OSError as exc:
-            raise StorageError(f"cannot download {url} to {local}: {exc.strerror or exc}") from None
+            raise StorageError(f"cannot download {url} to {local}: {os_reason(exc)}") from None
         try:
             with os.fdopen(fd, "wb") as out:
                 digest = self._fetch(requests, auth, plain, url, out, info.size)
@@ -489,7 +489,7 @@ class QiniuStorage(Storage):
                 if isinstance(exc, requests.RequestException):
                     raise StorageError(f"download of {url} failed: {_redact(str(exc))}") from None
                 raise
-            raise StorageError(f"cannot download {url} to {local}: {exc.strerror or exc}") from None
+            raise StorageError(f"cannot download {url} to {local}: {os_reason(exc)}") from None
         fsync_dir(local.parent)
         return local
 

@@ -39,7 +39,7 @@ from ava.env import AVA_S3_ENDPOINT, Env
 from ava.errors import AvaError, ConfigError, ObjectNotFoundError, StorageError, StorageURLError, UsageError
 from ava.log.redact import register_secret
 from ava.storage.base import ObjectInfo, Storage, split_bucket_url, split_object_url, upload_source
-from ava.utils.fileio import fsync_dir, new_file_mode
+from ava.utils.fileio import fsync_dir, new_file_mode, os_reason
 from ava.utils.tls import tls_verify, warn_plain_http
 
 #: imported by the registry before the backend is made (see ava.storage.registry)
@@ -389,7 +389,7 @@ class S3Storage(Storage):
             os.fchmod(fd, new_file_mode(local))
         except OSError as exc:
             resp["Body"].close()
-            raise StorageError(f"cannot download {url} to {local}: {exc.strerror or exc}") from None
+            raise StorageError(f"cannot download {url} to {local}: {os_reason(exc)}") from None
         try:
             with os.fdopen(fd, "wb") as out:
                 self._stream(client, resp, out, bucket, key, url)
@@ -401,7 +401,7 @@ class S3Storage(Storage):
             if isinstance(exc, StorageError):
                 raise
             if isinstance(exc, OSError) and not type(exc).__module__.startswith(("botocore", "urllib3")):
-                raise StorageError(f"cannot download {url} to {local}: {exc.strerror or exc}") from None
+                raise StorageError(f"cannot download {url} to {local}: {os_reason(exc)}") from None
             if isinstance(exc, Exception):
                 raise self._error(exc, url, "download of") from None
             raise

@@ -76,6 +76,7 @@ from ava.utils._fetch_transfer import (
     _Transfer,
     _Verifier,
 )
+from ava.utils.fileio import os_reason
 from ava.utils.tls import ssl_context as _make_ssl_context
 from ava.utils.tls import tls_verify, warn_plain_http
 
@@ -614,7 +615,7 @@ class Fetcher:
             target.parent.mkdir(parents=True, exist_ok=True)
             return _Transfer(target, progress, verify, depth)
         except OSError as exc:
-            raise StorageError(f"cannot write into {target.parent}: {exc.strerror or exc}") from None
+            raise StorageError(f"cannot write into {target.parent}: {os_reason(exc)}") from None
 
     async def _attempt(self, url: str, tr: _Transfer, headers: dict[str, str] | None,
                        shown: str) -> FetchError | None:

@@ -99,6 +99,22 @@ def atomic_write_text(path: Path | str, text: str, *, mode: int = 0o644) -> None
     atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
 
 
+def os_reason(exc: OSError) -> str:
+    """Why ``exc`` happened, for a message: a folder on the way that is a file is named
+    ("out is a file, not a directory"), where the system says only "File exists" or "Not a
+    directory"; otherwise the system's words."""
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and exc.filename:
+        for folder in Path(os.fsdecode(exc.filename)).parents:
+            if folder.exists():
+                if not folder.is_dir():
+                    return f"{folder} is a file, not a directory"
+                break
+        target = Path(os.fsdecode(exc.filename))
+        if isinstance(exc, FileExistsError) and target.exists() and not target.is_dir():
+            return f"{target} is a file, not a directory"
+    return exc.strerror or str(exc)
+
+
 def mkdir_p(path: Path | str) -> Path:
     """Create a directory and its parents if missing (old ``ava.utils.fileloc.mkdir_p``)."""
     path = Path(path)

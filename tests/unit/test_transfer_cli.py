@@ -249,3 +249,14 @@ def test_upload_to_a_server_that_is_not_s3_names_its_http_status(ava, tmp_path, 
     finally:
         server.shutdown()
     assert code != 0 and "HTTP 405" in err and "is it an S3 endpoint?" in err, err  # it said "failed (: )"
+
+
+def test_fetch_into_a_folder_that_is_a_file_names_it(ava, tmp_path):
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "a.txt").write_text("a")
+    (tmp_path / "pf").write_text("a file where a folder should be")
+    code, _, err = ava("fetch", f"file://{tmp_path}/store/a.txt", str(tmp_path / "pf" / "sub" / "out"))
+    # It said "File exists" (or "Not a directory"), naming neither the file nor the problem.
+    assert code != 0 and f"{tmp_path / 'pf'} is a file, not a directory" in err, err
+    code, _, err = ava("upload", str(tmp_path / "store" / "a.txt"), f"file://{tmp_path}/pf/x/y")
+    assert code != 0 and f"{tmp_path / 'pf'} is a file, not a directory" in err, err
