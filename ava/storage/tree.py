@@ -166,6 +166,14 @@ def download_tree(url: str, local_dir: str | Path, parallelism: int = 8, *, stor
             folders.append(local_dir / safe_relative_key(rel.rstrip("/"), info.url, local_dir))
             continue
         plan.append((info.url, local_dir / safe_relative_key(rel, info.url, local_dir)))
+    # An object store may hold "x" and "x/y" both; a disk cannot: say so before writing anything.
+    files = {dst for _, dst in plan}
+    for src, dst in plan:
+        clash = next((parent for parent in dst.parents if parent in files), None)
+        if clash is not None:
+            raise StorageError(f"cannot download {url} into {local_dir}: {src} would go under "
+                               f"{clash.relative_to(local_dir)}, which is also an object (a file here); "
+                               "fetch them apart")
     local_dir.mkdir(parents=True, exist_ok=True)
     root = local_dir.resolve()
     for folder in folders:

@@ -103,3 +103,23 @@ def test_a_tree_upload_follows_linked_folders_once_and_names_what_it_leaves_out(
     assert stored == ["again/m.bin", "train.log"] and len(infos) == 2
     assert "left out 3" in caplog.text and "dangling.bin (a dangling link)" in caplog.text
     assert "ckpts/ (already taken)" in caplog.text and "loop/ (already taken)" in caplog.text
+
+
+def test_a_tree_whose_keys_clash_on_disk_is_refused_before_anything_is_written(tmp_path):
+    from ava.storage.tree import download_tree
+
+    store = tmp_path / "store" / "t"
+    (store / "x").mkdir(parents=True)
+    (store / "a.txt").write_text("a")
+    (store / "x" / "y").write_text("y")
+    (tmp_path / "store" / "t" / "x.d").write_text("z")
+    storage = get_storage(f"file://{tmp_path}/store")
+
+    class Clashing(type(storage)):  # an object store listing both "x" and "x/y"
+        def list(self, prefix):
+            out = super().list(prefix)
+            return out + [type(out[0])(url=prefix + "x", size=1, etag=None, mtime=None)]
+
+    with pytest.raises(StorageError, match=r"x/y would go under x, which is also an object"):
+        download_tree(f"file://{tmp_path}/store/t", tmp_path / "out", storage=Clashing())
+    assert not (tmp_path / "out").exists()  # it wrote a.txt and x/y, then failed on x
