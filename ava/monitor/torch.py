@@ -312,11 +312,35 @@ class TorchMonitor:
             return None
 
     def _candidates(self) -> Iterator[Path]:
-        """Local checkpoints newest first, then the one in storage."""
-        yield from self.local_checkpoints()
-        downloaded = self._download_latest()
-        if downloaded is not None:
-            yield downloaded
+        """Local checkpoints newest first, with the one in storage in its place by epoch: when
+        the newest local one cannot be loaded (a power cut during its write), storage's copy of
+        a newer epoch than the next local one is tried before it. Storage is asked only then."""
+        remote: int | None = None
+        asked = False
+        for i, path in enumerate(self.local_checkpoints()):
+            if i > 0 and not asked:
+                asked = True
+                remote = self._latest_epoch_in_storage()
+                if remote is not None and remote > _epoch_of(path):
+                    downloaded = self._download_latest()
+                    if downloaded is not None:
+                        yield downloaded
+                    remote = None  # tried
+            yield path
+        if not asked or remote is not None:
+            downloaded = self._download_latest()
+            if downloaded is not None:
+                yield downloaded
+
+    def _latest_epoch_in_storage(self) -> int | None:
+        """The epoch of the snapshot ``LATEST`` names in storage (``epoch-NNNN``); None if unknown."""
+        try:
+            name = read_latest(join_url(self._ins.storage_url, "snapshots"))
+        except (AvaError, OSError) as exc:
+            log.warning("could not read LATEST in storage: %s", exc)
+            return None
+        m = re.fullmatch(r"epoch-(\d+)", name or "")
+        return int(m.group(1)) if m else None
 
     def resume(self, model: Any, optimizer: Any = None, *, scheduler: Any = None,
                map_location: Any = "cpu") -> tuple[int, int]:
@@ -386,6 +410,11 @@ def _optimizer_misfit(own: dict[str, Any], saved: Any) -> str | None:
         return None
     return (f"optimizer given to resume(): its parameter groups hold {mine} parameters, "
             f"the checkpoint's {theirs}")
+
+
+def _epoch_of(path: Path) -> int:
+    m = _CHECKPOINT_RE.match(path.name)
+    return int(m.group(1)) if m else -1
 
 
 def _not_a_checkpoint(state: Any) -> str | None:

@@ -356,3 +356,24 @@ def test_epoch_begin_labels_a_loop_that_counts_epochs_from_one(workspace):
     assert train_recs == [(float(e), e, b) for e in (1, 2, 3) for b in (1, 3)]
     assert [(r["value"], r["epoch"]) for r in records(ins, name="val_loss")] == [(float(e), e) for e in (1, 2, 3)]
     ins.done()
+
+
+def test_resume_prefers_storages_copy_of_a_damaged_newest_checkpoint_to_an_older_local_one(workspace):
+    ins = open_ins(workspace, "pt-damaged")
+    model = make_model()
+    opt, _ = make_optimizer(model)
+    mon = torch_monitor.TorchMonitor(ins, log_every=5, checkpoint_every=1)
+    for epoch in range(3):
+        for _ in range(3):
+            mon.step(loss=1.0)
+        mon.epoch_end(model, opt, epoch)
+    assert ins.snapshot_uploader.wait(60)
+    ins.done()
+    newest = mon.checkpoint_path(2)
+    newest.write_bytes(newest.read_bytes()[:100])  # a power cut while it was written
+    again = open_ins(workspace, "pt-damaged")
+    fresh = make_model()
+    # The old resume went back to the local epoch 1 although storage held epoch 2 intact.
+    assert torch_monitor.TorchMonitor(again, log_every=5).resume(fresh, make_optimizer(fresh)[0]) == (3, 9)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    again.done()
