@@ -39,7 +39,7 @@ from ava.params.params import Params
 from ava.snapshot import SnapshotUploader, has_pending
 from ava.storage.base import join_url
 from ava.storage.registry import check_storage_url
-from ava.train.distributed import missing_id_message, shared_instance_id
+from ava.train.distributed import initialized_process_group, missing_id_message, shared_instance_id
 from ava.train.ids import check_instance_id, new_instance_id  # noqa: F401 - old names, kept here
 from ava.train.platform_link import PlatformLink
 from ava.train.resume import ResumeInfo, last_progress, newest_snapshot
@@ -126,6 +126,11 @@ class TrainInstance:
         self.workspace.ensure()
         explicit = training_ins_id if training_ins_id is not None else self._env.training_instance_id
         self.rank = self._env.rank if rank is None else int(rank)
+        if rank is None and self._env.rank_source is None:
+            # No launcher variables (mp.spawn): the process group, when there is one, knows.
+            group = initialized_process_group()
+            if group is not None:
+                self.rank = int(group.get_rank())
         config_dir = self.workspace.config_dir
         # Rank 0 owns the platform's copy of the instance, status.json and the run's status.
         self._platform = PlatformLink.from_env(self._env, config_dir) if self.rank == 0 else None

@@ -5,7 +5,11 @@ one id generated per rank. In order, the id is:
 
 1. the explicit one: ``TrainInstance(training_ins_id=)``, ``AVA_TRAINING_INSTANCE_ID``, or the
    platform's (rank 0 opens the platform's copy and the other ranks learn it through step 4);
-2. torchrun's ``TORCHELASTIC_RUN_ID`` (its ``--rdzv-id``; the default ``"none"`` does not count);
+2. torchrun's ``TORCHELASTIC_RUN_ID`` (its ``--rdzv-id``; the default ``"none"`` does not count).
+   torchrun keeps ``--rdzv-id`` only with a rendezvous it is told of (``--rdzv-backend=c10d
+   --rdzv-endpoint=HOST:PORT``, or ``--master-port`` on one node); with ``--standalone``, or on
+   one node without either, it makes up a new UUID each launch, so a relaunch is a new instance
+   (said once, on rank 0): give ``AVA_TRAINING_INSTANCE_ID`` to resume;
 3. Slurm's ``slurm-<SLURM_JOB_ID>.<SLURM_STEP_ID>``, for a run of more than one rank started by
    ``srun`` (the step tells two launches in one job apart, so the batch step itself is not used);
 4. when ``torch.distributed`` is already imported and initialised with more than one rank, rank
@@ -30,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any, Callable
 
@@ -43,10 +48,20 @@ log = logging.getLogger(__name__)
 SLURM_BATCH_STEP = {"4294967294", "batch"}
 
 
+_UUID4 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+_warned_made_up = False
+
+
 def launcher_instance_id(env: Env) -> str | None:
     """The id every rank can read from its launcher's variables (steps 2 and 3), or None."""
+    global _warned_made_up
     run_id = env.torchelastic_run_id
     if run_id is not None:
+        if _UUID4.fullmatch(run_id) and env.training_instance_id is None and env.rank == 0 and not _warned_made_up:
+            _warned_made_up = True
+            log.warning("instance id %s is the run id torchrun made up for this launch (--standalone, or one "
+                        "node without --rdzv-endpoint/--master-port: torchrun drops --rdzv-id then); a relaunch "
+                        "will be a new instance. Set AVA_TRAINING_INSTANCE_ID to resume it", run_id)
         return as_instance_id(run_id)
     slurm = env.slurm_job_step
     if slurm is not None and slurm[1] is not None and slurm[1] not in SLURM_BATCH_STEP and env.world_size != 1:
@@ -147,6 +162,7 @@ def missing_id_message(rank: int) -> str:
     """What to tell a rank above 0 that found no shared id."""
     return (
         f"rank {rank} needs the instance id of rank 0 (every rank of a run shares one instance): pass "
-        "training_ins_id=, set AVA_TRAINING_INSTANCE_ID, start the ranks with torchrun --rdzv-id=<id>, "
-        "or create the TrainInstance after torch.distributed.init_process_group()"
+        "training_ins_id=, set AVA_TRAINING_INSTANCE_ID, start the ranks with torchrun --rdzv-id=<id> "
+        "--rdzv-backend=c10d --rdzv-endpoint=HOST:PORT, or create the TrainInstance on every rank after "
+        "torch.distributed.init_process_group()"
     )

@@ -74,6 +74,20 @@ def test_torchelastic_run_id_is_shared(no_torch):
         assert shared_instance_id(env, None) == "job-42"
 
 
+def test_a_run_id_torchrun_made_up_is_said_once_on_rank_0(no_torch, monkeypatch, caplog):
+    import ava.train.distributed as mod
+
+    monkeypatch.setattr(mod, "_warned_made_up", False)
+    made_up = "14cd88ff-f298-414d-b518-05196ec429e5"  # what --standalone or a bare single-node run gets
+    with caplog.at_level(logging.WARNING, logger="ava.train.distributed"):
+        for rank in (1, 0, 0):
+            assert launcher_instance_id(Env({"RANK": str(rank), "WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": made_up})) \
+                == made_up
+        assert launcher_instance_id(Env({"RANK": "0", "WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "myjob"})) == "myjob"
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "AVA_TRAINING_INSTANCE_ID" in said[0] and made_up in said[0]
+
+
 def test_torchruns_default_run_id_is_not_an_id(no_torch):
     assert shared_instance_id(Env({"RANK": "1", "WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "none"}), None) is None
 
@@ -303,3 +317,39 @@ def test_rank_0_failing_before_the_collective_sends_no_id_and_the_others_stop(gr
     group(rank=1, world=2, rank0_sends=None)
     with pytest.raises(InstanceError, match="rank 0 sent no usable instance id"):
         shared_instance_id(Env({"RANK": "1", "WORLD_SIZE": "2"}), None)
+
+
+def test_mp_spawn_ranks_without_launcher_variables_open_one_instance_as_their_ranks(tmp_path):
+    pytest.importorskip("torch")
+    script = tmp_path / "spawned.py"
+    script.write_text(textwrap.dedent("""
+        import datetime, os, sys
+        import torch.distributed as dist
+        import torch.multiprocessing as mp
+
+        def worker(rank, port):
+            os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", port
+            dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+            from ava.train import base as train
+            ins = train.TrainInstance(setup_logging=False)  # no RANK in the environment: mp.spawn sets none
+            ins.log_metrics({"loss": float(rank)}, step=1)
+            print(f"rank {ins.rank} id {ins.training_ins_id}", flush=True)
+            dist.barrier()
+            ins.done()
+            dist.destroy_process_group()
+
+        if __name__ == "__main__":
+            mp.spawn(worker, args=(sys.argv[1],), nprocs=2)
+    """))
+    from tests.integration.conftest import free_port
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "AVA_TRAINING_INSTANCE_ID")}
+    env.update(AVA_WORKSPACE=str(tmp_path / "ws"), OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, str(script), str(free_port())], capture_output=True, text=True, env=env,
+                         timeout=180)
+    # Both opened the instance as rank 0 and the second failed on metrics.jsonl's lock.
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = sorted(ln for ln in res.stdout.splitlines() if ln.startswith("rank "))
+    assert [ln.split()[1] for ln in lines] == ["0", "1"] and len({ln.split()[3] for ln in lines}) == 1
+    logs = next((tmp_path / "ws" / "run").iterdir()) / "logs"
+    assert (logs / "metrics.jsonl").exists() and (logs / "metrics.rank1.jsonl").exists()
