@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import json
 import logging
 import os
 import sys
@@ -365,7 +366,7 @@ class TrainInstance:
         """
         if self._resume_info is None or (download and self._resume_info.snapshot and not all(
                 f.exists() for f in self._resume_info.files)):
-            history = (self._status_doc or {}).get("history") or []
+            history = (self._status_doc or {}).get("history") or [] if self.rank == 0 else self._rank0_history()
             epoch, step = last_progress(self.metrics_path, self.rank) if self._start_seq else (None, None)
             name, meta, files = newest_snapshot(join_url(self.storage_url, "snapshots"), self.output_dir,
                                                 self.run_dir / "restored", download=download)
@@ -374,6 +375,19 @@ class TrainInstance:
                 epoch=epoch, step=step, last_seq=self._start_seq - 1 if self._start_seq else None,
                 snapshot=name, snapshot_meta=meta, files=files)
         return self._resume_info
+
+    def _rank0_history(self) -> list[dict[str, Any]]:
+        """The earlier attempts, as rank 0's status.json has them (ranks above 0 keep no status
+        of their own): every rank then gives the same ``resumed``. Read only, never repaired here;
+        a rank with no such file (another node) counts its own earlier records."""
+        try:
+            doc = json.loads(self.status_path.read_text(encoding="utf-8"))
+            history = [h for h in doc.get("history") or [] if isinstance(h, dict)]
+            if doc.get("status") != STATUS_RUNNING:  # rank 0 has not begun this attempt yet
+                history.append({"status": doc.get("status")})
+            return history
+        except (OSError, ValueError, AttributeError):
+            return [{"status": None}] if self._start_seq else []
 
     def _require_writer(self) -> MetricsWriter:
         if self._writer is None:

@@ -252,6 +252,26 @@ def test_other_ranks_record_beside_rank_0_and_leave_the_status_to_it(ws):
     assert [(r["rank"], r["seq"], r["value"]) for r in iter_records(logs / "metrics.rank1.jsonl")] == [(1, 0, 2.0)]
 
 
+def test_every_rank_of_a_resumed_run_says_it_resumed(ws):
+    def attempt(rank0_first: bool):
+        opened = {}
+        for rank in ((0, 1) if rank0_first else (1, 0)):
+            opened[rank] = train.TrainInstance("dist-again", workspace=ws.root, setup_logging=False,
+                                               env={"RANK": str(rank), "WORLD_SIZE": "2"})
+        infos = {rank: ins.resume_info(download=False) for rank, ins in opened.items()}
+        for rank in (1, 0):
+            opened[rank].done()
+        return infos
+
+    first = attempt(True)
+    assert not first[0].resumed and not first[1].resumed
+    for rank0_first in (True, False):  # rank 1 may read status.json before or after rank 0 begins
+        infos = attempt(rank0_first)
+        # Rank 1 kept an empty history in memory: it always said the run was fresh.
+        assert infos[0].resumed and infos[1].resumed, (rank0_first, infos)
+        assert infos[1].previous_status == "done" and infos[1].attempts == infos[0].attempts
+
+
 @pytest.mark.parametrize("name", ["AVA_DONE_TIMEOUT", "AVA_PREEMPT_TIMEOUT"])
 def test_a_bad_setting_fails_before_anything_is_written(ws, name):
     from ava.errors import ConfigError
