@@ -13,6 +13,7 @@ import argparse
 import datetime as _dt
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,20 @@ def _tail_records(path: Path) -> Iterator[dict[str, Any]]:
                 yield rec
 
 
+def metrics_files(run_dir: Path) -> list[tuple[int, Path]]:
+    """(rank, file) of each rank's record in the run, lowest rank first: ``metrics.jsonl`` is
+    rank 0's, ``metrics.rankN.jsonl`` rank N's (a node may hold only some of them)."""
+    found = []
+    for path in (run_dir / "logs").glob("metrics*.jsonl"):
+        m = _RANK_FILE.fullmatch(path.name)
+        if m:
+            found.append((int(m.group(1) or 0), path))
+    return sorted(found)
+
+
+_RANK_FILE = re.compile(r"metrics(?:\.rank(\d{1,9}))?\.jsonl")
+
+
 def summarize(run_dir: Path) -> RunSummary:
     try:
         doc = json.loads((run_dir / "status.json").read_text())
@@ -78,7 +93,8 @@ def summarize(run_dir: Path) -> RunSummary:
     if start is not None and stop is None and doc.get("status") == "running":
         stop = _dt.datetime.now(_dt.timezone.utc)
     last_step = last_loss = None
-    for rec in _tail_records(run_dir / "logs" / "metrics.jsonl"):
+    files = metrics_files(run_dir)
+    for rec in _tail_records(files[0][1] if files else run_dir / "logs" / "metrics.jsonl"):
         if "event" in rec:
             continue
         if last_step is None and rec.get("step") is not None:
@@ -240,19 +256,23 @@ def _cmd_show(args: argparse.Namespace, ws: Workspace) -> int:
     from ava.train.ids import check_instance_id
 
     run_dir = ws.run_dir(check_instance_id(args.id))
-    metrics = run_dir / "logs" / "metrics.jsonl"
     if not run_dir.is_dir():
         raise UsageError(f"no run {args.id!r} in {ws.runs_dir}; `ava runs list` shows the runs")
     target = plot_target(args.plot) if args.plot else None
     s = summarize(run_dir)
     print(f"{s.id}: {s.status}, started {s.start_time or '-'}" + (f", {s.duration_s:.1f}s" if s.duration_s else ""))
-    values = last_values(metrics) if metrics.exists() else {}
-    rows = [("PHASE", "METRIC", "STEP", "LAST VALUE")]
-    rows += [(phase, name, _fmt(step), _fmt(value)) for (phase, name), (step, value) in sorted(values.items())]
+    files = metrics_files(run_dir)
+    ranked = len(files) > 1 or any(rank for rank, _ in files)  # a distributed run: say whose value it is
+    rows = [(("RANK",) if ranked else ()) + ("PHASE", "METRIC", "STEP", "LAST VALUE")]
+    for rank, path in files:
+        values = last_values(path)
+        rows += [((str(rank),) if ranked else ()) + (phase, name, _fmt(step), _fmt(value))
+                 for (phase, name), (step, value) in sorted(values.items())]
     _print_table(rows)
     if target is not None:
+        rank, metrics = files[0] if files else (0, run_dir / "logs" / "metrics.jsonl")
         n = plot(metrics, target)
-        print(f"plotted {n} metrics to {target}")
+        print(f"plotted {n} metrics to {target}" + (f" (rank {rank})" if ranked else ""))
     return 0
 
 

@@ -57,6 +57,22 @@ def test_tensorboard_tags_of_odd_names_are_legal_distinct_and_said_once(ws, monk
     assert sum("shown in TensorBoard as" in m for m in said) == 4  # each renamed name, once
 
 
+def test_runs_show_gives_every_ranks_values_and_a_node_with_other_ranks_only(ws, monkeypatch, capsys):
+    monkeypatch.setenv("AVA_WORKSPACE", str(ws.root))
+    for rank in (0, 1):
+        ins = train.TrainInstance("two", workspace=ws.root, setup_logging=False, env={"RANK": str(rank), "WORLD_SIZE": "2"})
+        ins.log_metrics({"loss": 1.0 + rank}, step=5)
+        ins.done()
+    assert main(["runs", "show", "two"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split() == ["RANK", "PHASE", "METRIC", "STEP", "LAST", "VALUE"]
+    assert [line.split() for line in out[2:]] == [["0", "train", "loss", "5", "1"], ["1", "train", "loss", "5", "2"]]
+    (ws.root / "run" / "two" / "logs" / "metrics.jsonl").unlink()  # a node that ran rank 1 alone
+    assert main(["runs", "show", "two"]) == 0
+    out = capsys.readouterr().out.splitlines()  # it showed an empty table
+    assert [line.split() for line in out[2:]] == [["1", "train", "loss", "5", "2"]]
+
+
 def test_runs_list_show_and_plot(ws, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("AVA_WORKSPACE", str(ws.root))
     ins = train.TrainInstance("curves", setup_logging=False)
