@@ -39,6 +39,7 @@ from ava.utils.fileio import atomic_write_text
 log = logging.getLogger(__name__)
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
+_KEEP_DONE = 100  # confirmed snapshots remembered in the state file
 MANIFEST = "MANIFEST.json"
 LATEST = "LATEST"
 
@@ -149,6 +150,12 @@ class SnapshotUploader:
         return snaps
 
     def _save_state(self) -> None:
+        # Confirmed snapshots beyond the newest _KEEP_DONE are forgotten (storage has them): a
+        # run that snapshots every few steps must not rewrite an ever longer file at each one.
+        done = [i for i, snap in enumerate(self._snapshots) if snap["state"] == DONE]
+        if len(done) > _KEEP_DONE:
+            old = set(done[:-_KEEP_DONE])
+            self._snapshots = [snap for i, snap in enumerate(self._snapshots) if i not in old]
         # 0600: the storage URL and the errors kept here may name what credentials protect.
         atomic_write_text(self.state_file, json.dumps({"storage_url": self.storage_url, "snapshots": self._snapshots},
                                                       indent=1) + "\n", mode=0o600)

@@ -494,7 +494,7 @@ class TrainInstance:
                     if waiting:
                         log.warning("instance %s: snapshots %s not uploaded within %.1f s; their files are kept and "
                                     "the next run of this instance uploads them", self.training_ins_id,
-                                    ", ".join(waiting), budget)
+                                    _some(waiting), budget)
                     for name, paths in missing.items():  # not "uploaded later": their files are not there
                         log.error("instance %s: snapshot %s names files that do not exist: %s; it is uploaded only "
                                   "if they appear before the next run of this instance", self.training_ins_id,
@@ -559,6 +559,12 @@ class TrainInstance:
 
     def __repr__(self) -> str:
         return f"TrainInstance({self.training_ins_id!r}, status={self.status!r}, dir={str(self.run_dir)!r})"
+
+
+def _some(names: list[str], shown: int = 10) -> str:
+    """``names`` for a message: the first ``shown`` of them, and how many more."""
+    more = len(names) - shown
+    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _weak_finisher(ref: "weakref.ref[TrainInstance]") -> preempt.Finisher:

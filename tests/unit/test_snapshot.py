@@ -251,3 +251,18 @@ def test_keep_local_never_deletes_a_path_a_newer_snapshot_still_names(tmp_path):
     assert (tmp_path / "store" / "epoch-2" / "latest.pth").read_bytes() == b"epoch weights"
     assert not latest.exists()  # deleted once the last snapshot naming it was confirmed
     up.close()
+
+
+def test_the_state_file_stays_short_when_a_run_snapshots_very_often(tmp_path, monkeypatch):
+    import ava.snapshot as mod
+
+    monkeypatch.setattr(mod, "_KEEP_DONE", 5)
+    up = make(tmp_path, stable_seconds=0.001)
+    f = write(tmp_path / "w.bin", 10)
+    for i in range(12):
+        up.submit([f], f"step-{i:03d}")
+        assert up.wait(30)
+    up.close()
+    kept = [s["id"] for s in json.loads((tmp_path / "state.json").read_text())["snapshots"]]
+    assert kept == [f"step-{i:03d}" for i in range(7, 12)]  # it held all 12: rewritten whole at each submit
+    assert (tmp_path / "store" / "LATEST").read_text() == "step-011"

@@ -331,3 +331,10 @@ def test_a_metrics_file_that_is_a_directory_is_one_clear_error(ws, capsys):
         assert "cannot read" in err and "Traceback" not in err
     finally:
         del os.environ["AVA_WORKSPACE"]
+
+
+def test_a_long_list_of_names_in_a_message_is_cut_with_a_count():
+    from ava.train.base import _some
+
+    assert _some([f"epoch-{i:04d}" for i in range(711)]).endswith("epoch-0009 and 701 more")
+    assert _some(["a", "b"]) == "a, b"
