@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ava.env import Env
 from ava.errors import AvaError, ConfigError, InstanceError, UsageError
-from ava.log.logger import initialize_logger
+from ava.log.logger import initialize_logger, run_log_handler
 from ava.metrics.sinks.base import Sink
 from ava.metrics.sinks.http import HttpSink
 from ava.metrics.sinks.jsonl import JsonlSink
@@ -133,15 +133,21 @@ class TrainInstance:
             if group is not None:
                 self.rank = int(group.get_rank())
         config_dir = self.workspace.config_dir
-        # Rank 0 owns the platform's copy of the instance, status.json and the run's status.
-        self._platform = PlatformLink.from_env(self._env, config_dir) if self.rank == 0 else None
-        platform = self._platform
-        # One id for every rank: explicit, platform, launcher (torchrun, srun) or torch.distributed.
-        # shared_instance_id also checks the id, after taking part in any collective it needs.
-        explicit = shared_instance_id(
-            self._env, explicit, rank=self.rank,
-            rank0_open=(lambda found: platform.open(found, self._platform_spec())) if platform is not None else None,
-        )
+        # What is said before run.log exists (the platform unreachable...) goes there too, later.
+        early = _Held()
+        logging.getLogger("ava").addHandler(early)
+        try:
+            # Rank 0 owns the platform's copy of the instance, status.json and the run's status.
+            self._platform = PlatformLink.from_env(self._env, config_dir) if self.rank == 0 else None
+            platform = self._platform
+            # One id for every rank: explicit, platform, launcher (torchrun, srun) or torch.distributed.
+            # shared_instance_id also checks the id, after taking part in any collective it needs.
+            explicit = shared_instance_id(
+                self._env, explicit, rank=self.rank,
+                rank0_open=(lambda found: platform.open(found, self._platform_spec())) if platform is not None else None,
+            )
+        finally:
+            logging.getLogger("ava").removeHandler(early)
         if self.rank > 0 and explicit is None:
             raise InstanceError(missing_id_message(self.rank))
         self.training_ins_id = check_instance_id(explicit) if explicit is not None else new_instance_id()
@@ -168,6 +174,7 @@ class TrainInstance:
             distributed = self.rank > 0 or self._env.rank_source is not None
             initialize_logger(self.logs_dir, node=None if self.rank == 0 else f"rank{self.rank}", env=self._env,
                               config_dir=config_dir, label=f"rank{self.rank}" if distributed else None)
+            early.replay_into_run_log()
         # The metrics file's flock is the instance's lock: take it before touching status.json.
         sink = JsonlSink(self.metrics_path, rank=self.rank)
         start_seq = 0 if sink.last_seq is None else sink.last_seq + 1
@@ -559,6 +566,26 @@ class TrainInstance:
 
     def __repr__(self) -> str:
         return f"TrainInstance({self.training_ins_id!r}, status={self.status!r}, dir={str(self.run_dir)!r})"
+
+
+class _Held(logging.Handler):
+    """Warnings of ava's loggers while an instance opens, before its run.log exists: they reach
+    the console as usual, and run.log once it is set up."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.records) < 100:
+            self.records.append(record)
+
+    def replay_into_run_log(self) -> None:
+        handler = run_log_handler()
+        if handler is not None:
+            for record in self.records:
+                handler.handle(record)
+        self.records.clear()
 
 
 def _some(names: list[str], shown: int = 10) -> str:

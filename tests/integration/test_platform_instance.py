@@ -255,3 +255,19 @@ def test_the_reference_server_prints_a_usable_ipv6_url(tmp_path):
         assert PlatformClient(server.url).get_instance("j", "v6")["status"] == "done"
     finally:
         server.stop()
+
+
+def test_the_platform_being_unreachable_is_said_in_run_log_too(ws):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ins = train.TrainInstance("early", workspace=ws.root,
+                              env={"AVA_API_HOST": f"http://127.0.0.1:{port}", "AVA_DONE_TIMEOUT": "1"})
+    ins.done()
+    from ava.log.logger import close_logger
+
+    close_logger()
+    # Said before run.log existed, it reached only the console.
+    assert "cannot open the training instance" in (ins.logs_dir / "run.log").read_text()
