@@ -14,26 +14,23 @@ Example:
 
 from __future__ import annotations
 
-import atexit
 import importlib
 import json
 import logging
 import os
-import sys
 import threading
-import time
 import weakref
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ava.env import Env
 from ava.errors import AvaError, ConfigError, InstanceError, UsageError
-from ava.log.logger import initialize_logger, run_log_handler
+from ava.log.logger import initialize_logger
 from ava.metrics.sinks.base import Sink
 from ava.metrics.sinks.http import HttpSink
 from ava.metrics.sinks.jsonl import JsonlSink
 from ava.metrics.sinks.tensorboard import TensorBoardSink
-from ava.metrics.forward import ChildForwarder, ChildListener
+from ava.metrics.forward import ChildListener
 from ava.metrics.writer import MetricsWriter
 from ava.monitor import FRAMEWORKS
 from ava.params.params import Params
@@ -44,8 +41,8 @@ from ava.train.distributed import initialized_process_group, missing_id_message,
 from ava.train.ids import check_instance_id, new_instance_id  # noqa: F401 - old names, kept here
 from ava.train.platform_link import PlatformLink
 from ava.train.resume import ResumeInfo, last_progress, newest_snapshot
+from ava.train._finish import LOCAL_FLUSH_TIMEOUT, Finishing, _Held, _live, _some, _weak_finisher  # noqa: F401
 from ava.train.status import (
-    FINAL_STATUSES,
     STATUS_DONE,
     STATUS_FAILED,
     STATUS_PREEMPTED,
@@ -62,14 +59,9 @@ TRAIN_INS_STATUS_RUNNING = "running"
 TRAIN_INS_STATUS_DONE = STATUS_DONE
 TRAIN_INS_STATUS_FAIL = STATUS_FAILED
 
-#: The most done() waits for metrics to reach metrics.jsonl (a stalled disk), before the network budget.
-LOCAL_FLUSH_TIMEOUT = 60.0
-
-# Open instances, held until done(): one that goes out of scope unfinished is still finished at exit.
-_live: "set[TrainInstance]" = set()
 
 
-class TrainInstance:
+class TrainInstance(Finishing):
     """One training run: ``run/<id>/{output,logs}``, ``status.json``, metrics and the run log.
 
     The id comes from ``training_ins_id``, else ``AVA_TRAINING_INSTANCE_ID``, else a new
@@ -331,40 +323,6 @@ class TrainInstance:
         preempt.STOP.polled = True
         return preempt.STOP.requested
 
-    def exit_preempted(self) -> None:
-        """Leave after a stop request: flush metrics, wait (bounded) for uploads and delivery, set
-        status ``preempted``, and raise :class:`SystemExit` with 128 + the signal's number.
-
-        Does nothing when no stop was requested, so it can be called at every step boundary.
-        """
-        if not preempt.STOP.requested:
-            return
-        preempt.begin()
-        started = time.monotonic()
-        preempt.run_finishers(self._env.preempt_timeout)
-        log.info("preemption path took %.2f s", time.monotonic() - started)
-        preempt.end()
-        raise SystemExit(preempt.STOP.exit_code)
-
-    def _finish_preempted(self, budget: float, quick: bool) -> None:
-        if os.getpid() != self._pid:
-            return
-        if not quick:
-            self.done(timeout=budget)
-            return
-        # A second signal: what is buffered goes to metrics.jsonl (bounded), then the status, never
-        # waiting for a lock this thread may hold.
-        if self._writer is not None:
-            self._writer.flush_quick(0.5)
-        doc = self._status_doc
-        if self.rank == 0 and doc is not None and doc.get("status") not in FINAL_STATUSES:
-            self._status_doc = self._status.finish(doc, STATUS_PREEMPTED, self._preempt_message(),
-                                                   preempt.STOP.exit_code)
-
-    @staticmethod
-    def _preempt_message() -> str:
-        return f"preempted by {preempt.signal_name(preempt.STOP.signum)}"
-
     def resume_info(self, download: bool = True) -> ResumeInfo:
         """What earlier attempts of this instance left: see :class:`ava.train.resume.ResumeInfo`.
 
@@ -467,93 +425,6 @@ class TrainInstance:
     def status(self) -> str:
         return (self._status_doc or {}).get("status", "unknown")
 
-    def done(self, err_msg: str = "", *, exit_code: int | None = None, timeout: float | None = None) -> None:
-        """Finish the instance: write buffered metrics, wait for delivery, then write the status.
-
-        Writing ``metrics.jsonl`` may take up to :data:`LOCAL_FLUSH_TIMEOUT` seconds (only a
-        stalled disk takes that long); delivery to the platform at most ``timeout`` seconds
-        (``AVA_DONE_TIMEOUT``, default 10), after which the rest waits for the next run.
-
-        ``done`` with an empty ``err_msg`` is a success; a non-empty one marks it ``failed``.
-        Calling it again does nothing.
-        """
-        if os.getpid() != self._pid:
-            log.warning("done() called in a forked child of the instance's process; ignored")
-            return
-        with self._done_lock:
-            if self._status_doc is None or self._status_doc.get("status") in FINAL_STATUSES:
-                return
-            for hook in self._before_done:
-                try:
-                    hook()
-                except Exception as exc:  # noqa: BLE001 - finishing must go on
-                    log.error("instance %s: %s", self.training_ins_id, exc)
-            preempted = preempt.STOP.requested
-            if timeout is None:
-                timeout = self._env.preempt_timeout if preempted else self._env.done_timeout
-            budget = timeout
-            end = time.monotonic() + budget
-            # Uploads first: their upload_bytes/upload_seconds records still reach the writer.
-            if self._uploader is not None:
-                if not self._uploader.wait(budget):
-                    missing = self._uploader.missing()
-                    waiting = [n for n in self._uploader.pending() if n not in missing]
-                    if waiting:
-                        log.warning("instance %s: snapshots %s not uploaded within %.1f s; their files are kept and "
-                                    "the next run of this instance uploads them", self.training_ins_id,
-                                    _some(waiting), budget)
-                    for name, paths in missing.items():  # not "uploaded later": their files are not there
-                        log.error("instance %s: snapshot %s names files that do not exist: %s; it is uploaded only "
-                                  "if they appear before the next run of this instance", self.training_ins_id,
-                                  name, ", ".join(paths))
-                        self.log_event("snapshot_failed", name=name, missing=paths, reason="files do not exist")
-                self._uploader.close(timeout=max(0.0, end - time.monotonic()))
-            if self._children is not None:  # what forked children sent before this point
-                self._children.drain()
-                self._children.close()
-                self._children = None
-            # Writing the local record is not network work: it gets its own bound, so a short
-            # AVA_DONE_TIMEOUT never costs records that are already in memory.
-            if self._writer is not None and not self._writer.close(timeout=LOCAL_FLUSH_TIMEOUT + budget):
-                log.warning("instance %s: metrics not fully written to %s", self.training_ins_id, self.metrics_path)
-            if self._http is not None:
-                # A refusal was said when it came (once, with its reason): no second, vaguer line.
-                if not self._http.wait(end - time.monotonic()) and not self._http.refused:
-                    log.warning("instance %s: %d bytes of metrics not delivered to %s within %.1f s; they stay in "
-                                "%s and are sent when this instance is resumed", self.training_ins_id,
-                                self._http.backlog_bytes(), self._http.base_url, budget, self.metrics_path)
-                self._http.stop(timeout=max(0.0, end - time.monotonic()))
-            status = STATUS_FAILED if err_msg else STATUS_DONE
-            if preempted:  # whatever ends a preempted run, it was preempted
-                status = STATUS_PREEMPTED
-                err_msg = self._preempt_message() + (f"; {err_msg}" if err_msg else "")
-                exit_code = preempt.STOP.exit_code if exit_code is None else exit_code
-            if self.rank != 0:
-                self._status_doc = dict(self._status_doc, status=status, err_msg=str(err_msg or ""),
-                                        stop_time=now_rfc3339(), exit_code=exit_code)
-                self._forget()
-                return
-            # The finisher stays registered until the status is written: a second signal while it
-            # is being written still finishes it (quick path) instead of leaving it "running".
-            try:
-                self._status_doc = self._status.finish(self._status_doc, status, str(err_msg or ""), exit_code)
-            finally:
-                self._forget()
-            if self._platform is not None:
-                # What is left of done()'s budget (at least half a second): one bound for the whole call.
-                self._platform.finish(self.training_ins_id, status, str(err_msg or ""),
-                                      self._status_doc["start_time"], self._status_doc["stop_time"],
-                                      deadline=end - time.monotonic())
-            log.info("training instance %s %s", self.training_ins_id, status)
-
-    def _forget(self) -> None:
-        """This instance is finished: off the exit and preemption lists; signals back as they were
-        when it was the last open one."""
-        _live.discard(self)
-        preempt.remove_finisher(id(self))
-        if not _live and not preempt.STOP.requested:
-            preempt.uninstall()
-
     def __enter__(self) -> "TrainInstance":
         return self
 
@@ -567,79 +438,3 @@ class TrainInstance:
     def __repr__(self) -> str:
         return f"TrainInstance({self.training_ins_id!r}, status={self.status!r}, dir={str(self.run_dir)!r})"
 
-
-class _Held(logging.Handler):
-    """Warnings of ava's loggers while an instance opens, before its run.log exists: they reach
-    the console as usual, and run.log once it is set up."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if len(self.records) < 100:
-            self.records.append(record)
-
-    def replay_into_run_log(self) -> None:
-        handler = run_log_handler()
-        if handler is not None:
-            for record in self.records:
-                handler.handle(record)
-        self.records.clear()
-
-
-def _some(names: list[str], shown: int = 10) -> str:
-    """``names`` for a message: the first ``shown`` of them, and how many more."""
-    more = len(names) - shown
-    return ", ".join(names[:shown]) + (f" and {more} more" if more > 0 else "")
-
-
-def _weak_finisher(ref: "weakref.ref[TrainInstance]") -> preempt.Finisher:
-    def finish(budget: float, quick: bool) -> None:
-        ins = ref()
-        if ins is not None:
-            ins._finish_preempted(budget, quick)
-    return finish
-
-
-def _finish_at_exit() -> None:
-    """An instance still open at exit: failed if an exception is ending the process, else done."""
-    last = getattr(sys, "last_value", None)
-    for ins in list(_live):
-        try:
-            if preempt.STOP.requested:
-                ins.done()  # status preempted
-            elif last is not None:
-                ins.done(err_msg=f"{type(last).__name__}: {last}")
-            else:
-                log.warning("instance %s: the process exits without done(); marking it done", ins.training_ins_id)
-                ins.done()
-        except Exception as exc:  # noqa: BLE001 - never fail the interpreter's exit
-            sys.stderr.write(f"ava: could not finish instance {ins.training_ins_id}: {exc}\n")
-
-
-atexit.register(_finish_at_exit)
-def _before_fork() -> None:
-    """A child is about to be forked: give each open instance a listener for what it logs."""
-    for ins in list(_live):
-        if ins._children is None and ins._writer is not None and os.getpid() == ins._pid:
-            try:
-                ins._children = ChildListener(ins._writer.log_metrics, ins._writer.log_event)
-            except OSError as exc:
-                log.warning("metrics from forked children of instance %s cannot be recorded: %s",
-                            ins.training_ins_id, exc)
-
-
-def _after_fork_in_child() -> None:
-    """In the child: the instances log through the parent's listener, and are never finished here."""
-    for ins in list(_live):
-        if ins._children is not None:
-            forwarder = ChildForwarder(ins._children.address)
-            ins.log_metrics = forwarder.log_metrics  # type: ignore[method-assign]
-            ins.log_event = forwarder.log_event  # type: ignore[method-assign]
-            ins._children.forget_in_child()
-        ins._children = None
-    _live.clear()
-
-
-os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
