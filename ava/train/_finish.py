@@ -10,13 +10,20 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import shutil
 import sys
+import tempfile
+import threading
 import time
 import weakref
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ava.log.logger import run_log_handler
 from ava.metrics.forward import ChildForwarder, ChildListener
+from ava.metrics.sinks.http import OFFSET_SUFFIX
+from ava.storage.base import join_url
+from ava.storage.registry import get_storage
 from ava.train.status import FINAL_STATUSES, STATUS_DONE, STATUS_FAILED, STATUS_PREEMPTED, now_rfc3339
 from ava.utils import preempt
 
@@ -138,6 +145,7 @@ class Finishing:
                 self._status_doc = dict(self._status_doc, status=status, err_msg=str(err_msg or ""),
                                         stop_time=now_rfc3339(), exit_code=exit_code)
                 self._forget()
+                self._upload_logs(end)
                 return
             # The finisher stays registered until the status is written: a second signal while it
             # is being written still finishes it (quick path) instead of leaving it "running".
@@ -151,6 +159,43 @@ class Finishing:
                                       self._status_doc["start_time"], self._status_doc["stop_time"],
                                       deadline=end - time.monotonic())
             log.info("training instance %s %s", self.training_ins_id, status)
+            self._upload_logs(end)
+
+    def _upload_logs(self, end: float) -> None:
+        """This rank's files of ``run/<id>/logs/`` (and rank 0's ``status.json``) to
+        ``<storage>/<id>/logs/``, within what is left of done()'s budget (at least 2 s). Each is
+        copied first: run.log may still grow while it goes up. On failure the files stay here,
+        and the next run of the instance uploads them again (with what it adds)."""
+        own = (lambda name: ".rank" not in name) if self.rank == 0 else (lambda name: f".rank{self.rank}." in name)
+        try:
+            files = [p for p in sorted(self.logs_dir.iterdir())
+                     if p.is_file() and own(p.name) and not p.name.endswith(OFFSET_SUFFIX)]
+        except OSError as exc:
+            log.warning("instance %s: logs not uploaded: %s", self.training_ins_id, exc)
+            return
+        if self.rank == 0 and self.status_path.is_file():
+            files.append(self.status_path)
+        target = join_url(self.storage_url, "logs")
+        failed: list[BaseException] = []
+
+        def upload() -> None:
+            try:
+                store = get_storage(target)
+                with tempfile.TemporaryDirectory(prefix="ava-logs-") as tmp:
+                    for path in files:
+                        copy = Path(tmp) / path.name
+                        shutil.copyfile(path, copy)
+                        store.upload(copy, join_url(target, path.name))
+            except Exception as exc:  # noqa: BLE001 - reported below, never raised from done()
+                failed.append(exc)
+
+        worker = threading.Thread(target=upload, name="ava-logs-upload", daemon=True)
+        worker.start()
+        worker.join(max(2.0, end - time.monotonic()))
+        if worker.is_alive() or failed:
+            why = str(failed[0]) if failed else "no time left"
+            log.warning("instance %s: logs not uploaded to %s (%s); they stay in %s", self.training_ins_id,
+                        target, why, self.logs_dir)
 
     def _forget(self) -> None:
         """This instance is finished: off the exit and preemption lists; signals back as they were

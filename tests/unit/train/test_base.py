@@ -338,3 +338,18 @@ def test_a_long_list_of_names_in_a_message_is_cut_with_a_count():
 
     assert _some([f"epoch-{i:04d}" for i in range(711)]).endswith("epoch-0009 and 701 more")
     assert _some(["a", "b"]) == "a, b"
+
+
+def test_done_puts_the_logs_beside_the_snapshots_in_storage(ws):
+    ins = train.TrainInstance("logs-up", workspace=ws.root)  # with run.log
+    ins.log_metrics({"loss": 0.5}, step=1)
+    ins.done()
+    from ava.log.logger import close_logger
+
+    close_logger()
+    stored = ws.root / "storage" / "logs-up" / "logs"
+    # AVA_STORAGE_URL is "where snapshots and logs go"; only snapshots went.
+    assert (stored / "metrics.jsonl").read_bytes() == (ins.logs_dir / "metrics.jsonl").read_bytes()
+    assert "training instance logs-up done" in (stored / "run.log").read_text()
+    assert json.loads((stored / "status.json").read_text())["status"] == "done"
+    assert not list(stored.glob("*.http-offset"))
