@@ -118,7 +118,7 @@ class _OrderedSubmitter:
                   "get_epoch_end_callback(..., prefix=...)", name, ", ".join(missing), reason)
         ins = self._ins_ref()
         if ins is not None:
-            ins.log_event("snapshot_failed", step=step, name=name, missing=missing, reason=reason)
+            ins.log_event("snapshot_failed", step=step, snapshot=name, missing=missing, reason=reason)
 
 
 def find_checkpoint(directory: str | Path, number: int) -> tuple[Path, Path] | None:

@@ -119,7 +119,7 @@ class Finishing:
                         log.error("instance %s: snapshot %s names files that do not exist: %s; it is uploaded only "
                                   "if they appear before the next run of this instance", self.training_ins_id,
                                   name, ", ".join(paths))
-                        self.log_event("snapshot_failed", name=name, missing=paths, reason="files do not exist")
+                        self.log_event("snapshot_failed", snapshot=name, missing=paths, reason="files do not exist")
                 self._uploader.close(timeout=max(0.0, end - time.monotonic()))
             if self._children is not None:  # what forked children sent before this point
                 self._children.drain()

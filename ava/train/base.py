@@ -395,8 +395,10 @@ class TrainInstance(Finishing):
                 log.warning("rank %d: save_snapshot(%r) uploads nothing: rank 0 owns the run's snapshots (pass "
                             "sharded=True to upload this rank's shard); the files stay on disk", self.rank, name)
             return name
+        if isinstance(files, (str, os.PathLike)):  # one file given alone, not a list of its characters
+            files = [files]
         key = self.snapshot_uploader.submit(files, name, dict(meta or {}))
-        self.log_event("snapshot", step=step, name=name, files=[str(f) for f in files])
+        self.log_event("snapshot", step=step, snapshot=name, files=[str(f) for f in files])
         return key
 
     # --- framework callbacks ---------------------------------------------------------------

@@ -92,7 +92,7 @@ def test_two_ranks_one_set_of_snapshots_and_metrics_from_both(tmp_path):
     keys = [(r["rank"], r["seq"]) for r in records]
     assert len(keys) == len(set(keys))
     snapshot_events = [r for r in records if r.get("event") == "snapshot"]
-    assert [(r["rank"], r["name"]) for r in snapshot_events] == [(0, "epoch-0000"), (0, "epoch-0001")]
+    assert [(r["rank"], r["snapshot"]) for r in snapshot_events] == [(0, "epoch-0000"), (0, "epoch-0001")]
     assert json.loads((run / "status.json").read_text())["status"] == "done"
 
 

@@ -182,7 +182,7 @@ def test_done_names_the_files_of_a_snapshot_that_do_not_exist(tmp_path, caplog):
     assert "snapshot iter-00000100 names files that do not exist" in caplog.text
     assert str(tmp_path / "out" / "never.solverstate") in caplog.text and "next run of this instance uploads" not in caplog.text
     (failed,) = [r for r in iter_records(ins.metrics_path) if r.get("event") == "snapshot_failed"]
-    assert failed["name"] == "iter-00000100" and failed["missing"] == [str(tmp_path / "out" / "never.solverstate")]
+    assert failed["snapshot"] == "iter-00000100" and "name" not in failed and failed["missing"] == [str(tmp_path / "out" / "never.solverstate")]
     assert real.exists()  # what exists is never touched
 
 

@@ -182,7 +182,7 @@ def test_guide_calls_give_validation_records_and_loadable_snapshots(ins):
     for name, value in args.items():
         np.testing.assert_array_equal(value.asnumpy(), local[name].asnumpy())
     events = [r for r in records(i) if r.get("event") == "snapshot"]
-    assert [e["name"] for e in events] == ["epoch-0001", "epoch-0002"]
+    assert [e["snapshot"] for e in events] == ["epoch-0001", "epoch-0002"]
 
 
 def test_eval_end_callback_and_log_capture_record_validation_once(ins, caplog):
@@ -283,7 +283,7 @@ def test_checkpoints_written_elsewhere_are_reported_at_done_not_lost_silently(in
     with caplog.at_level(logging.ERROR, logger="ava.monitor.mxnet"):
         i.done()
     failed = [r for r in iter_records(i.metrics_path) if r.get("event") == "snapshot_failed"]
-    assert [r["name"] for r in failed] == ["epoch-0001", "epoch-0002"]
+    assert [r["snapshot"] for r in failed] == ["epoch-0001", "epoch-0002"]  # no "name": events carry none
     assert all(r["reason"] == "not written when the instance finished" for r in failed)
     text = caplog.text
     assert "snapshot epoch-0001 not uploaded" in text and "prefix=" in text and i.get_snapshot_base_path() in text

@@ -215,7 +215,7 @@ def test_save_snapshot_uploads_to_the_default_storage_before_done_returns(ws):
     assert (stored / "LATEST").read_text() == "epoch-0001"
     assert (out / "model-0001.params").exists()
     recs = list(iter_records(ins.metrics_path))
-    assert {"event": "snapshot", "name": "epoch-0001", "step": 10}.items() <= recs[0].items()
+    assert {"event": "snapshot", "snapshot": "epoch-0001", "step": 10}.items() <= recs[0].items()
     assert {r.get("name") for r in recs[1:]} == {"upload_bytes", "upload_seconds"}
 
 
@@ -353,3 +353,15 @@ def test_done_puts_the_logs_beside_the_snapshots_in_storage(ws):
     assert "training instance logs-up done" in (stored / "run.log").read_text()
     assert json.loads((stored / "status.json").read_text())["status"] == "done"
     assert not list(stored.glob("*.http-offset"))
+
+
+def test_save_snapshot_takes_one_file_alone_and_its_event_has_no_name(ws):
+    ins = open_instance(ws, "one-file")
+    f = ins.output_dir / "model.pt"
+    f.write_bytes(b"w" * 100)
+    ins.save_snapshot(str(f), "s1")  # it read the string as files "/", "t", "m", "p" ...
+    assert ins.snapshot_uploader.wait(30) and ins.snapshot_uploader.status("s1") == "done"
+    ins.done()
+    (event,) = [r for r in iter_records(ins.metrics_path) if r.get("event") == "snapshot"]
+    # CONTRACT.md: events carry no name/value (a reader skipping "event" records may still key on name).
+    assert "name" not in event and event["snapshot"] == "s1" and event["files"] == [str(f)]
