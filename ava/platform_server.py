@@ -39,10 +39,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import tornado.httpserver
-import tornado.ioloop
-import tornado.netutil
-import tornado.web
+try:
+    import tornado.httpserver
+    import tornado.ioloop
+    import tornado.netutil
+    import tornado.web
+except ImportError:
+    if __name__ == "__main__":  # `python -m ava.platform_server` without the extra: one line, not a traceback
+        print("ava.platform_server needs tornado: pip install 'ava-sdk[platform]'", file=sys.stderr)
+        sys.exit(2)
+    raise
 
 from ava.metrics.record import to_json_number
 from ava.platform.lineproto import LineProtocolError, decode_line

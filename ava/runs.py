@@ -222,7 +222,10 @@ def plot_target(text: str) -> Path:
         out = out.with_name(out.name + ".png")
     if not out.parent.is_dir():
         raise UsageError(f"--plot {text}: directory {out.parent} does not exist")
-    from matplotlib.figure import Figure
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install 'ava-sdk[plot]'") from None
 
     formats = Figure().canvas.get_supported_filetypes()
     if out.suffix[1:].lower() not in formats:

@@ -142,3 +142,19 @@ def test_runs_on_damaged_files_and_bad_arguments(ws, monkeypatch, capsys, tmp_pa
     (ws.root / "run" / "empty").mkdir()
     assert main(["runs", "show", "empty", "--plot", str(tmp_path / "e.png")]) == 2
     assert "has no metrics to plot" in capsys.readouterr().err
+
+
+def test_plot_and_the_reference_server_without_their_extras_say_what_to_install(ws, monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("AVA_WORKSPACE", str(ws.root))
+    train.TrainInstance("noplot", setup_logging=False).done()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as on an install without [plot]
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    assert main(["runs", "show", "noplot", "--plot", str(ws.root / "a.png")]) == 2  # was a traceback, exit 1
+    assert "pip install 'ava-sdk[plot]'" in capsys.readouterr().err
+    code = ("import sys, runpy; sys.modules['tornado'] = None; "
+            "runpy.run_module('ava.platform_server', run_name='__main__')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stderr.strip() == "ava.platform_server needs tornado: pip install 'ava-sdk[platform]'"
