@@ -15,10 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from ava import __version__
-from ava.env import Env
+from ava.env import DEFAULT_WORKSPACE, Env
 from ava.errors import AvaError, ConfigError, ParamsError, ParamsKeyError, UsageError, WorkspaceError
 
 EXIT_OK = 0
@@ -29,7 +30,8 @@ EXIT_USAGE = 2
 def _cmd_init(args: argparse.Namespace, env: Env) -> int:
     from ava.workspace import Workspace
 
-    root = args.dir or env.workspace_override or "workspace"
+    # As everything else finds it: AVA_WORKSPACE, else the platform's /workspace, else ./workspace.
+    root = args.dir or env.workspace_override or (DEFAULT_WORKSPACE if Path(DEFAULT_WORKSPACE).is_dir() else "workspace")
     ws = Workspace(root)
     written = ws.init()
     kept = "" if written else " (every template file was already there; nothing overwritten)"

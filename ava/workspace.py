@@ -70,8 +70,9 @@ class Workspace:
         local = cls(Path.cwd() / "workspace")
         if not local.root.is_dir():
             local.init()
-            if not _announced_default:
-                log.info("no AVA_WORKSPACE and no /workspace: created a workspace at %s", local.root)
+            if not _announced_default:  # a job started in the wrong folder would train on the example params
+                log.warning("no AVA_WORKSPACE and no /workspace: created a workspace at %s from the template; "
+                            "its params are the template's examples", local.root)
                 _announced_default = True
         return local
 

@@ -104,7 +104,8 @@ def train_and_report(ws: Workspace, url: str) -> int:
     print(f"metrics: {ins.metrics_path} ({records} records)")
     print(f"log:     {Path(ins.get_log_base_path()) / 'run.log'}")
     print(f"server:  {url} received {received} points")
-    print(f"see it:  AVA_WORKSPACE={ws.root} ava runs show {ins.get_training_ins_id()} --plot loss.png")
+    ava = Path(sys.executable).parent / "ava"  # the venv's: `ava` alone needs the venv activated
+    print(f"see it:  AVA_WORKSPACE={ws.root} {ava} runs show {ins.get_training_ins_id()} --plot loss.png")
     return 0 if status["status"] == "done" and records > 0 and received == records else 1
 
 

@@ -25,6 +25,20 @@ def test_init_into_a_directory_argument_twice(tmp_path, capsys):
     assert "nothing overwritten" in capsys.readouterr().out
 
 
+def test_init_without_a_folder_completes_the_platforms_workspace(tmp_path, monkeypatch, capsys):
+    import ava.cli as cli_mod
+
+    platform = tmp_path / "platform-ws"
+    platform.mkdir()
+    monkeypatch.delenv("AVA_WORKSPACE", raising=False)
+    monkeypatch.setattr(cli_mod, "DEFAULT_WORKSPACE", str(platform))
+    monkeypatch.chdir(tmp_path)
+    assert main(["init"]) == 0
+    # It made ./workspace, while everything else reads /workspace when it exists.
+    assert (platform / "params" / "default.json").is_file() and not (tmp_path / "workspace").exists()
+    assert f"workspace ready at {platform}" in capsys.readouterr().out
+
+
 def test_missing_key_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("AVA_WORKSPACE", str(tmp_path / "ws"))
     main(["init"])
