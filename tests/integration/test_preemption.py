@@ -207,6 +207,15 @@ def test_sigterm_during_an_upload_keeps_the_snapshot_for_the_next_run(tmp_path):
         kodo.release_held()
         proc = start(ws, "--id", "up", "--mode", "poll", "--epoch-steps", "50", env=env)
         first = wait_ready(proc)
+        # The first run's snapshot goes up in the background of this one: let it land before the
+        # signal (signalled at once, its 12 MB could miss the 2 s bound on a busy machine).
+        was_pending = {s["id"] for s in pending}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            now = json.loads((ws / "run" / "up" / "snapshots.json").read_text())["snapshots"]
+            if all(s["state"] == "done" for s in now if s["id"] in was_pending):
+                break
+            time.sleep(0.05)
         code, _ = signal_and_wait(proc)
         assert code == 143
         # The first epoch's snapshot went up in the first run or now; the resumed run found one.
