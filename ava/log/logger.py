@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONSOLE_FORMAT", "DEFAULT_FORMAT", "MultiProcessingLogHandler", "close_logger", "console_handler",
-    "initialize_console_logger", "initialize_logger", "logger", "run_log_handler",
+    "initialize_console_logger", "initialize_logger", "initialize_test_logger", "logger", "run_log_handler",
 ]
 
 #: The logger the library and old scripts use (``from ava.log.logger import logger``).
@@ -154,6 +154,12 @@ def initialize_console_logger(env: Env | None = None, default_level: str = "WARN
     if problem:
         logger.warning("%s", problem)
     return handler
+
+
+def initialize_test_logger() -> logging.Handler | None:
+    """The old SDK's logger for unit tests: everything (DEBUG and up) to stderr, no file; secrets
+    masked. Like :func:`initialize_console_logger`, it steps aside for :func:`initialize_logger`."""
+    return initialize_console_logger(Env({}), default_level="DEBUG")
 
 
 def _level_of(env: Env, default: str) -> tuple[int, str | None]:

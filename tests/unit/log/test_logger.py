@@ -275,3 +275,20 @@ def test_a_handler_that_cannot_open_its_file_leaves_no_socket_directory(tmp_path
     with pytest.raises(OSError):
         MultiProcessingLogHandler(tmp_path / "logs" / "run.log")
     assert not list((tmp_path / "tmp").iterdir())
+
+
+def test_the_guides_initialize_test_logger_logs_debug_to_stderr(capsys):
+    from ava.log.logger import initialize_test_logger
+
+    root = logging.getLogger()
+    saved, level = root.handlers[:], root.level
+    try:
+        handler = initialize_test_logger()  # the guide lists it; it did not exist
+        logging.getLogger("ava.test").debug("a debug line with token=abc123")
+        assert handler is not None
+        err = capsys.readouterr().err
+        assert "a debug line with token=***" in err
+    finally:
+        close_logger()
+        root.handlers[:] = saved
+        root.setLevel(level)
