@@ -366,6 +366,14 @@ class TorchMonitor:
             log.warning("%s is not a checkpoint of TorchMonitor.epoch_end (%s); trying an older one", path, missing)
             state = None
         if state is None or path is None:
+            try:
+                earlier = self._ins.resume_info(download=False)
+            except Exception:  # noqa: BLE001 - only for the warning below
+                earlier = None
+            if earlier is not None and earlier.resumed and earlier.epoch is not None:
+                log.warning("instance %s recorded up to epoch %s before, but no checkpoint was found in %s or in "
+                            "storage (LATEST missing or damaged?); training starts again at epoch 0",
+                            self._ins.training_ins_id, earlier.epoch, self.output_dir)
             return 0, 0
         # Both checked before either is loaded: a mismatch must not leave the model half replaced.
         misfit = _misfit(unwrap(model).state_dict(), state["model"], "model")

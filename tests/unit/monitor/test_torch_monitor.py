@@ -377,3 +377,24 @@ def test_resume_prefers_storages_copy_of_a_damaged_newest_checkpoint_to_an_older
     assert torch_monitor.TorchMonitor(again, log_every=5).resume(fresh, make_optimizer(fresh)[0]) == (3, 9)
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
     again.done()
+
+
+def test_resume_that_finds_no_checkpoint_of_a_run_that_had_epochs_says_so(workspace, caplog):
+    ins = open_ins(workspace, "pt-lost")
+    model = make_model()
+    opt, _ = make_optimizer(model)
+    mon = torch_monitor.TorchMonitor(ins, log_every=1, checkpoint_every=1)
+    for epoch in range(2):
+        mon.step(loss=1.0)
+        mon.epoch_end(model, opt, epoch)
+    assert ins.snapshot_uploader.wait(60)
+    ins.done()
+    for f in ins.output_dir.iterdir():  # a new container: the local files are gone ...
+        f.unlink()
+    (workspace / "storage" / "pt-lost" / "snapshots" / "LATEST").write_text("")  # ... and LATEST is damaged
+    again = open_ins(workspace, "pt-lost")
+    with caplog.at_level("WARNING", logger="ava.monitor.torch"):
+        assert torch_monitor.TorchMonitor(again, log_every=1).resume(make_model(), None) == (0, 0)
+    # It started again at epoch 0 without a word.
+    assert "recorded up to epoch 1 before, but no checkpoint was found" in caplog.text
+    again.done()
