@@ -129,7 +129,9 @@ class _Listener(threading.Thread):
         self._sel.register(self._server, selectors.EVENT_READ, None)
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._stopping = False
-        self._write_lock = threading.Lock()  # the owner's threads write too (write())
+        # The owner's threads write too (write()); re-entrant: a signal handler that logs while this
+        # thread is in a write must not wait for itself (each nested write is still a whole record).
+        self._write_lock = threading.RLock()
         self._write_failed = False
         self._accept_failed = False
         self._accept_again = 0.0  # while > 0: the server is out of the selector until then

@@ -309,3 +309,22 @@ def test_a_new_status_host_or_a_negative_offset_delivers_from_the_start(ws, plat
         assert stored(platform.db_path, "moved") == [(0, s) for s in range(52)]
     finally:
         other.stop()
+
+
+def test_a_server_that_turns_to_refusing_everything_stops_delivery_and_skips_nothing(ws, platform, caplog):
+    caplog.set_level(logging.WARNING, logger="ava.metrics.sinks.http")
+    ins = open_instance(ws, "turned", platform.url)
+    for i in range(5):
+        ins.log_metrics({"loss": 1.0}, step=i)
+    ins.flush_metrics(10)
+    assert wait_for(lambda: len(stored(platform.db_path, "turned")) == 5)
+    platform.faults.mode = "400"  # the server refuses everything from now on (a bad deploy)
+    for i in range(5, 205):
+        ins.log_metrics({"loss": 1.0}, step=i)
+    ins.done(timeout=10)
+    # Split to single records, each refused and skipped for good: 200 records lost to the platform.
+    assert ins._http.refused and ins._http.skipped == 0
+    platform.faults.mode = None
+    again = open_instance(ws, "turned", platform.url)
+    again.done(timeout=30)
+    assert stored(platform.db_path, "turned") == [(0, s) for s in range(205)]

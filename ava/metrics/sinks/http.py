@@ -308,14 +308,22 @@ class HttpSink(Sink):
         return b"".join(parts)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._deliver()
-                return
-            except Exception as exc:  # noqa: BLE001 - the thread must not die: records would wait for good
-                log.error("metric delivery to %s: unexpected %s: %s; trying again in 5 s, nothing is lost",
-                          self.base_url, type(exc).__name__, exc, exc_info=True)
-                self._stop.wait(5.0)
+        said = -_LOG_EVERY
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._deliver()
+                    return
+                except Exception as exc:  # noqa: BLE001 - the thread must not die: records would wait for good
+                    if time.monotonic() - said > _LOG_EVERY:  # once a minute while it lasts
+                        said = time.monotonic()
+                        log.error("metric delivery to %s: unexpected %s: %s; trying again every 5 s, nothing is lost",
+                                  self.base_url, type(exc).__name__, exc, exc_info=True)
+                    self._stop.wait(5.0)
+        finally:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     def _deliver(self) -> None:
         """Deliver until stopped or refused (see the module's docstring)."""
@@ -407,8 +415,10 @@ class HttpSink(Sink):
                     parts[:0] = [part[:half], part[half:]]
                     continue
                 refused.append(part[0])
-                # Nothing accepted, in this batch or before: the server may refuse everything.
-                if not accepted and not self._accepted and len(refused) >= min(_ALL_REFUSED, len(lines)):
+                # Nothing accepted in this batch: the server may refuse everything. Only a batch too
+                # small to tell (a lone record) is judged by what the server took before.
+                lone = len(lines) < _ALL_REFUSED and self._accepted
+                if not accepted and not lone and len(refused) >= min(_ALL_REFUSED, len(lines)):
                     raise first from None
         for line in refused:
             log.error("the metric endpoint %s refused the record %s; skipped, it stays in %s",

@@ -292,3 +292,33 @@ def test_the_guides_initialize_test_logger_logs_debug_to_stderr(capsys):
         close_logger()
         root.handlers[:] = saved
         root.setLevel(level)
+
+
+def test_a_signal_handler_that_logs_while_the_owner_writes_does_not_deadlock(tmp_path):
+    from tests.conftest import run_python
+
+    code = """
+import logging, signal, sys
+from ava.log import mp_handler
+from ava.log.logger import initialize_logger, close_logger
+
+real = mp_handler._RotatingFile.write
+state = {"raised": False}
+
+def write(self, records):
+    if not state["raised"]:
+        state["raised"] = True
+        signal.raise_signal(signal.SIGUSR1)  # delivered while this thread holds the write lock
+    return real(self, records)
+
+mp_handler._RotatingFile.write = write
+signal.signal(signal.SIGUSR1, lambda *a: logging.getLogger("ava.user").warning("got SIGUSR1"))
+initialize_logger(sys.argv[1])
+logging.getLogger("ava.user").warning("first")
+close_logger()
+print("finished")
+"""
+    res = run_python(code, str(tmp_path), timeout=60)  # with a plain Lock the handler waited for itself
+    assert res.returncode == 0 and res.stdout.strip() == "finished", res.stderr[-2000:]
+    text = (tmp_path / "run.log").read_text()
+    assert "got SIGUSR1" in text and "first" in text
