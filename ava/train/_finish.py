@@ -217,6 +217,18 @@ class _Held(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if len(self.records) < 100:
             self.records.append(record)
+        # Being a handler, this one keeps logging's last resort (stderr) from running: do its part.
+        if not self._others_take(record) and logging.lastResort is not None \
+                and record.levelno >= logging.lastResort.level:
+            logging.lastResort.handle(record)
+
+    def _others_take(self, record: logging.LogRecord) -> bool:
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None:
+            if any(h is not self and record.levelno >= h.level for h in logger.handlers):
+                return True
+            logger = logger.parent if logger.propagate else None  # type: ignore[assignment]
+        return False
 
     def replay_into_run_log(self) -> None:
         handler = run_log_handler()

@@ -271,3 +271,22 @@ def test_the_platform_being_unreachable_is_said_in_run_log_too(ws):
     close_logger()
     # Said before run.log existed, it reached only the console.
     assert "cannot open the training instance" in (ins.logs_dir / "run.log").read_text()
+
+
+def test_the_platform_being_unreachable_still_reaches_the_console(ws, capfd):
+    import socket
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers[:] = []  # a script that set up no logging: Python's last resort prints warnings
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        ins = train.TrainInstance("early-console", workspace=ws.root, setup_logging=False,
+                                  env={"AVA_API_HOST": f"http://127.0.0.1:{port}", "AVA_DONE_TIMEOUT": "1"})
+        ins.done()
+    finally:
+        root.handlers[:] = saved
+    # Held for run.log, it no longer reached stderr.
+    assert "cannot open the training instance" in capfd.readouterr().err
