@@ -21,6 +21,7 @@ import argparse
 import collections
 import logging
 import signal
+from pathlib import Path
 from typing import Any
 
 from ava.env import Env
@@ -62,6 +63,9 @@ def run(args: argparse.Namespace, env: Env) -> int:
     if not command:
         raise UsageError("nothing to run: give the command after --, e.g. ava run --parser caffe -- caffe train ...")
     regex = RegexParser.from_specs(args.metric) if args.metric else None
+    folders = [f for f in args.snapshot_file or () if Path(f).is_dir()]
+    if folders:  # before the instance opens: a usage error, not a failed run
+        raise UsageError(f"--snapshot-file {folders[0]}: is a directory; give files (the option can be repeated)")
     ins = train.TrainInstance(args.id, env=env)
     hooks: list[Any] = []
     snapshots = None

@@ -14,7 +14,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ava.errors import UsageError
+from ava.errors import AvaError, UsageError
 from ava.monitor._mxnet_shared import _capture_validation, _Guard, _positive_int, _state
 
 # The adapter's logger: records keep the name they had when this code lived in mxnet.py.
@@ -62,7 +62,11 @@ class _OrderedSubmitter:
         ins = self._ins_ref()
         if ins is None:
             return
-        ins.save_snapshot(files, name, meta=meta, step=step)
+        try:
+            ins.save_snapshot(files, name, meta=meta, step=step)
+        except AvaError as exc:  # a file that cannot be a snapshot's: this one fails, the next go on
+            log.error("snapshot %s not uploaded: %s", name, exc)
+            ins.log_event("snapshot_failed", step=step, snapshot=name, reason=str(exc))
 
     def _run(self) -> None:
         warned = False
@@ -119,6 +123,13 @@ class _OrderedSubmitter:
         ins = self._ins_ref()
         if ins is not None:
             ins.log_event("snapshot_failed", step=step, snapshot=name, missing=missing, reason=reason)
+
+
+def _no_folders(files: list[Path]) -> None:
+    """A snapshot is a flat set of files: a directory among ``other_files`` is refused at once."""
+    folders = [str(f) for f in files if f.is_dir()]
+    if folders:
+        raise UsageError(f"other_files: {folders[0]} is a directory; give the files in it")
 
 
 def find_checkpoint(directory: str | Path, number: int) -> tuple[Path, Path] | None:
@@ -183,6 +194,7 @@ class EpochEndCallback:
         if isinstance(other_files, (str, Path)):
             other_files = [other_files]
         self.other_files = [Path(f).absolute() for f in (other_files or ())]
+        _no_folders(self.other_files)
         names = [f.name for f in self.other_files]
         if len(set(names)) != len(names):
             raise UsageError(f"other_files has two files with the same name: {sorted(names)}; a snapshot keeps "

@@ -32,6 +32,8 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from ava.errors import AvaError, UsageError
+
 log = logging.getLogger(__name__)
 
 
@@ -120,6 +122,9 @@ class SnapshotHook:
         self.parser = parser
         self.batch_of_epoch = batch_of_epoch
         self.other_files = [Path(f) for f in other_files]
+        folders = [str(f) for f in self.other_files if f.is_dir()]
+        if folders:
+            raise UsageError(f"{folders[0]} is a directory; a snapshot's other files must be files")
         self._pending: dict[int | None, list[Path]] = {}
         self._names: dict[int | None, str] = {}
         self._at_next_line: set[int | None] = set()  # MXNet checkpoints: a .states may follow
@@ -182,7 +187,12 @@ class SnapshotHook:
             meta: dict[str, Any] = {"step": s}
             if self.batch_of_epoch and s is not None:
                 meta["epoch"] = s // self.batch_of_epoch
-            self.train_ins.save_snapshot([*files, *self.other_files], name, meta, step=s)
+            try:
+                self.train_ins.save_snapshot([*files, *self.other_files], name, meta, step=s)
+            except AvaError as exc:  # this snapshot fails; the log's other lines and snapshots go on
+                log.error("snapshot %s not uploaded: %s", name, exc)
+                self.train_ins.log_event("snapshot_failed", step=s, snapshot=name, reason=str(exc))
+                continue
             self.submitted.append(name)
             log.info("snapshot %s handed to the uploader: %s", name, ", ".join(str(f) for f in files))
 

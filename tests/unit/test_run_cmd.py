@@ -104,3 +104,35 @@ def test_records_of_one_line_are_grouped_without_losing_any():
     LogMetricsHook(Ins(), Parser())("line")
     assert calls == [({"loss": 1.0, "speed": 2.0}, 1, "train", {"speed": "iter/s"}), ({"loss": 3.0}, 1, "train", None),
                      ("snapshot", 1), ({"acc": 0.5}, 2, "test", None)]
+
+
+def test_a_snapshot_file_that_is_a_directory_is_a_usage_error_before_anything_runs(ws, tmp_path):
+    folder = tmp_path / "deploy"
+    folder.mkdir()
+    out = ava_run(ws, "--id", "sfdir", "--parser", "caffe", "--snapshot-file", str(folder), "--", "echo", "hi")
+    # It was accepted; the first snapshot then raised inside the parser hook, which was disabled:
+    # the rest of the log's metrics were lost and the run still said "done".
+    assert out.returncode == 2 and "is a directory" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+    assert not (ws.root / "run" / "sfdir").exists()
+
+
+def test_a_snapshot_that_cannot_be_taken_fails_alone_and_the_log_goes_on(ws, tmp_path):
+    from ava.monitor.caffe import CaffeLogParser
+    from ava.monitor.hooks import LogMetricsHook, SnapshotHook
+    from ava.train import base as train
+
+    ins = train.TrainInstance("snapfail", workspace=ws.root, setup_logging=False)
+    snapshots = SnapshotHook(ins)
+    hook = LogMetricsHook(ins, CaffeLogParser(year=2016), snapshots=snapshots)
+    weird = tmp_path / "lenet_iter_100.caffemodel"
+    weird.mkdir()  # something made a folder where Caffe's snapshot file should be
+    lines = ["I0124 12:20:27.016808 11911 solver.cpp:228] Iteration 100, loss = 0.5",
+             f"I0124 12:20:27.100000 11911 solver.cpp:454] Snapshotting to binary proto file {weird}",
+             "I0124 12:20:28.016808 11911 solver.cpp:228] Iteration 200, loss = 0.25"]
+    for line in lines:
+        hook(line)
+    snapshots.flush()
+    ins.done()
+    recs = list(iter_records(ins.metrics_path))
+    assert [r["value"] for r in recs if r.get("name") == "smoothed_loss"] == [0.5, 0.25]
+    assert any(r.get("event") == "snapshot_failed" for r in recs)

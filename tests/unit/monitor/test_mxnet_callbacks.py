@@ -441,3 +441,10 @@ def test_np_bool_shim_adds_only_what_is_missing():
     old_numpy = types.SimpleNamespace()  # numpy >= 1.24 has no np.bool
     assert mxnet_monitor.ensure_np_bool(old_numpy) and old_numpy.bool is bool
     assert not mxnet_monitor.ensure_np_bool(np)  # numpy 1.23.5 still has it
+
+
+def test_other_files_holding_a_directory_are_refused_when_the_callback_is_made(ins, tmp_path):
+    i = ins()
+    (tmp_path / "labels").mkdir()
+    with pytest.raises(UsageError, match=r"other_files: .*labels is a directory"):
+        i.get_epoch_end_callback("mxnet", batch_of_epoch=4, other_files=[tmp_path / "labels"])
