@@ -49,7 +49,10 @@ class LocalStorage(Storage):
             raise StorageError(f"{src} is a directory; upload files one by one (or use upload_tree)")
         dst.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".part", dir=dst.parent)
-        os.fchmod(fd, new_file_mode(dst))
+        mode = new_file_mode(dst)
+        if not src.stat().st_mode & 0o077:  # a private file (run.log, a key) stays private in its copy
+            mode &= ~0o077
+        os.fchmod(fd, mode)
         try:
             with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
                 shutil.copyfileobj(inp, out, _CHUNK)

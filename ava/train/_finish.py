@@ -185,6 +185,7 @@ class Finishing:
                     for path in files:
                         copy = Path(tmp) / path.name
                         shutil.copyfile(path, copy)
+                        shutil.copymode(path, copy)  # run.log is 0600: it may quote what keys protect
                         store.upload(copy, join_url(target, path.name))
             except Exception as exc:  # noqa: BLE001 - reported below, never raised from done()
                 failed.append(exc)

@@ -353,6 +353,7 @@ def test_done_puts_the_logs_beside_the_snapshots_in_storage(ws):
     assert "training instance logs-up done" in (stored / "run.log").read_text()
     assert json.loads((stored / "status.json").read_text())["status"] == "done"
     assert not list(stored.glob("*.http-offset"))
+    assert (stored / "run.log").stat().st_mode & 0o077 == 0  # private as run.log is (0600)
 
 
 def test_save_snapshot_takes_one_file_alone_and_its_event_has_no_name(ws):
