@@ -172,6 +172,11 @@ class Env:
         return (self.get(AVA_TLS_VERIFY) or "").strip().lower() not in {"0", "false", "no", "off"}
 
     @property
+    def ca_bundle(self) -> str | None:
+        """A CA bundle for HTTPS clients: ``REQUESTS_CA_BUNDLE``, else ``CURL_CA_BUNDLE``; None when unset."""
+        return self.get("REQUESTS_CA_BUNDLE") or self.get("CURL_CA_BUNDLE")
+
+    @property
     def done_timeout(self) -> float:
         """Seconds ``done()`` may wait for delivery (``AVA_DONE_TIMEOUT``, default 10)."""
         return self._seconds(AVA_DONE_TIMEOUT, DEFAULT_DONE_TIMEOUT)

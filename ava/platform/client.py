@@ -22,6 +22,7 @@ import time
 from typing import Any
 from urllib.parse import quote
 
+from ava.env import Env
 from ava.errors import PlatformError, UsageError
 from ava.log.redact import register_secret
 from ava.utils.tls import tls_verify, warn_plain_http
@@ -52,7 +53,12 @@ class PlatformClient:
             raise UsageError("the platform API client needs requests: pip install 'ava-sdk[platform]'") from None
         self._requests = requests
         self.base_url = base_url.rstrip("/")
-        self._session = self._new_session(tls_verify() if verify is None else verify)
+        verify_with: bool | str = tls_verify() if verify is None else verify
+        if verify_with is True:
+            # The session does not read the environment (trust_env off: no proxies), so the CA
+            # bundle a private platform's certificate needs is given to it here.
+            verify_with = Env().ca_bundle or True
+        self._session = self._new_session(verify_with)
         warn_plain_http(self.base_url, "the platform API")
         self._timeout = (connect_timeout, read_timeout)
         self._retries = retries
