@@ -31,7 +31,8 @@ def _cmd_init(args: argparse.Namespace, env: Env) -> int:
     from ava.workspace import Workspace
 
     # As everything else finds it: AVA_WORKSPACE, else the platform's /workspace, else ./workspace.
-    root = args.dir or env.workspace_override or (DEFAULT_WORKSPACE if Path(DEFAULT_WORKSPACE).is_dir() else "workspace")
+    platform_root = DEFAULT_WORKSPACE if Path(DEFAULT_WORKSPACE).is_dir() else None
+    root = args.dir or env.workspace_override or platform_root or "workspace"
     ws = Workspace(root)
     written = ws.init()
     kept = "" if written else " (every template file was already there; nothing overwritten)"

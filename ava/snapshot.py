@@ -333,8 +333,9 @@ class SnapshotUploader:
         # A path that a snapshot still pending, failed or kept also names (a script that saves
         # to one "latest.pth" each time) holds newer weights than the confirmed copy: keep it.
         gone = {id(snap) for snap in doomed}
-        in_use = {f for snap in self._snapshots if id(snap) not in gone and not snap.get("local_deleted")
-                  for f in snap["files"]}
+        with self._cond:  # a submit naming one of these paths may come in at any moment
+            in_use = {f for snap in self._snapshots if id(snap) not in gone and not snap.get("local_deleted")
+                      for f in snap["files"]}
         for snap in doomed:
             for f in snap["files"]:
                 if f in in_use:

@@ -316,18 +316,18 @@ class TorchMonitor:
         the newest local one cannot be loaded (a power cut during its write), storage's copy of
         a newer epoch than the next local one is tried before it. Storage is asked only then."""
         remote: int | None = None
-        asked = False
+        asked = tried = False
         for i, path in enumerate(self.local_checkpoints()):
             if i > 0 and not asked:
                 asked = True
                 remote = self._latest_epoch_in_storage()
-                if remote is not None and remote > _epoch_of(path):
-                    downloaded = self._download_latest()
-                    if downloaded is not None:
-                        yield downloaded
-                    remote = None  # tried
+            if not tried and remote is not None and remote > _epoch_of(path):
+                tried = True
+                downloaded = self._download_latest()
+                if downloaded is not None:
+                    yield downloaded
             yield path
-        if not asked or remote is not None:
+        if not tried:
             downloaded = self._download_latest()
             if downloaded is not None:
                 yield downloaded
@@ -488,7 +488,7 @@ def _configure(mon: TorchMonitor, kwargs: dict[str, Any]) -> None:
     if "rank" in kwargs and kwargs["rank"] != mon.rank:
         raise UsageError(f"the instance's monitor records as rank {mon.rank}, not {kwargs['rank']}; "
                          'give rank= to get_monitor_callback("torch") before any epoch-end callback')
-    if "log_every" in kwargs:
+    if kwargs.get("log_every") is not None:  # None: as it is (monitor_callback's default)
         mon.log_every = _positive_int(kwargs["log_every"], "log_every")
     if "batch_size" in kwargs:
         mon.batch_size = None if kwargs["batch_size"] is None else _positive_int(kwargs["batch_size"], "batch_size")

@@ -163,7 +163,7 @@ class Finishing:
 
     def _upload_logs(self, end: float) -> None:
         """This rank's files of ``run/<id>/logs/`` (and rank 0's ``status.json``) to
-        ``<storage>/<id>/logs/``, within what is left of done()'s budget (at least 2 s). Each is
+        ``<storage>/<id>/logs/``, within what is left of done()'s budget. Each is
         copied first: run.log may still grow while it goes up. On failure the files stay here,
         and the next run of the instance uploads them again (with what it adds)."""
         own = (lambda name: ".rank" not in name) if self.rank == 0 else (lambda name: f".rank{self.rank}." in name)
@@ -190,11 +190,16 @@ class Finishing:
             except Exception as exc:  # noqa: BLE001 - reported below, never raised from done()
                 failed.append(exc)
 
+        left = end - time.monotonic()
         worker = threading.Thread(target=upload, name="ava-logs-upload", daemon=True)
-        worker.start()
-        worker.join(max(2.0, end - time.monotonic()))
-        if worker.is_alive() or failed:
-            why = str(failed[0]) if failed else "no time left"
+        try:
+            if left > 0:  # AVA_DONE_TIMEOUT bounds this too
+                worker.start()
+                worker.join(left)
+        except RuntimeError as exc:  # the interpreter is shutting down: no new threads
+            failed.append(exc)
+        if left <= 0 or worker.is_alive() or failed:
+            why = str(failed[0]) if failed else f"no time left of the {self._env.done_timeout:g} s done() may take"
             log.warning("instance %s: logs not uploaded to %s (%s); they stay in %s", self.training_ins_id,
                         target, why, self.logs_dir)
 

@@ -163,7 +163,8 @@ class TrainInstance(Finishing):
 
         if setup_logging:
             # In a distributed run every line carries the rank (rank 0's too).
-            distributed = self.rank > 0 or self._env.rank_source is not None
+            distributed = (self.rank > 0 or self._env.rank_source is not None
+                           or initialized_process_group() is not None)
             initialize_logger(self.logs_dir, node=None if self.rank == 0 else f"rank{self.rank}", env=self._env,
                               config_dir=config_dir, label=f"rank{self.rank}" if distributed else None)
             early.replay_into_run_log()
@@ -331,7 +332,7 @@ class TrainInstance(Finishing):
         """
         if self._resume_info is None or (download and self._resume_info.snapshot and not all(
                 f.exists() for f in self._resume_info.files)):
-            history = (self._status_doc or {}).get("history") or [] if self.rank == 0 else self._rank0_history()
+            history = ((self._status_doc or {}).get("history") or []) if self.rank == 0 else self._rank0_history()
             epoch, step = last_progress(self.metrics_path, self.rank) if self._start_seq else (None, None)
             name, meta, files = newest_snapshot(join_url(self.storage_url, "snapshots"), self.output_dir,
                                                 self.run_dir / "restored", download=download)
