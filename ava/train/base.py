@@ -349,7 +349,10 @@ class TrainInstance(Finishing):
         try:
             doc = json.loads(self.status_path.read_text(encoding="utf-8"))
             history = [h for h in doc.get("history") or [] if isinstance(h, dict)]
-            if doc.get("status") != STATUS_RUNNING:  # rank 0 has not begun this attempt yet
+            mine = (self._status_doc or {}).get("start_time") or ""
+            # Not running: an attempt before this one (rank 0 has not begun this one yet), unless it
+            # stopped after this rank started: then it is this attempt's rank 0, already finished.
+            if doc.get("status") != STATUS_RUNNING and str(doc.get("stop_time") or "") < mine:
                 history.append({"status": doc.get("status")})
             return history
         except (OSError, ValueError, AttributeError):
@@ -434,8 +437,15 @@ class TrainInstance(Finishing):
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
         if exc is None or (isinstance(exc, SystemExit) and (preempt.STOP.requested or exc.code in (None, 0))):
             self.done()
-        else:
-            self.done(err_msg=f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__)
+            return False
+        self.done(err_msg=f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__)
+        if preempt.STOP.requested and isinstance(exc, Exception):
+            # After Ctrl-C or SIGTERM to the process group, what else got the signal fails too (a
+            # DataLoader's workers: "worker exited unexpectedly"): the run was stopped, and leaves
+            # as a stopped run does, its error text kept in status.json and run.log.
+            log.warning("instance %s: after %s the training ended with %s: %s", self.training_ins_id,
+                        preempt.signal_name(preempt.STOP.signum), exc_type.__name__, exc)
+            raise SystemExit(preempt.STOP.exit_code) from None
         return False
 
     def __repr__(self) -> str:

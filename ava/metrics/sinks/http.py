@@ -358,6 +358,8 @@ class HttpSink(Sink):
                     self._cond.notify_all()
                 return
             except _Retry as exc:
+                if self._stop.is_set():  # stop() cut the request: done() has said what is left
+                    return
                 attempt += 1
                 now = time.monotonic()
                 if self._failing_since is None:

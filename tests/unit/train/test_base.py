@@ -265,6 +265,12 @@ def test_every_rank_of_a_resumed_run_says_it_resumed(ws):
 
     first = attempt(True)
     assert not first[0].resumed and not first[1].resumed
+    # A fresh instance whose rank 1 asks only after rank 0 has finished is not a resumed one.
+    r0 = train.TrainInstance("dist-late", workspace=ws.root, setup_logging=False, env={"RANK": "0", "WORLD_SIZE": "2"})
+    r1 = train.TrainInstance("dist-late", workspace=ws.root, setup_logging=False, env={"RANK": "1", "WORLD_SIZE": "2"})
+    r0.done()
+    assert not r1.resume_info(download=False).resumed
+    r1.done()
     for rank0_first in (True, False):  # rank 1 may read status.json before or after rank 0 begins
         infos = attempt(rank0_first)
         # Rank 1 kept an empty history in memory: it always said the run was fresh.
