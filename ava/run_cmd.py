@@ -81,7 +81,8 @@ def run(args: argparse.Namespace, env: Env) -> int:
     signal_map = {signal.SIGTERM: _signum(stop), signal.SIGINT: _signum(stop)} if stop else None
     code = 1
     try:
-        code = cmd.run_and_forward(command, hooks, signal_map=signal_map)
+        # After a stop request the command has AVA_PREEMPT_TIMEOUT to stop, as a training does.
+        code = cmd.run_and_forward(command, hooks, signal_map=signal_map, kill_after=env.preempt_timeout)
     finally:
         if snapshots is not None:
             snapshots.flush()

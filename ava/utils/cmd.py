@@ -243,7 +243,8 @@ def _pass_on(pipe: OutputPipe, lines: list[str], handler: Any, hooks: HookList) 
 
 
 def run_and_forward(args: Args, log_hook: LogHook = None, *, echo: bool = True, prefix_stream: bool = False,
-                    signal_map: dict[int, int] | None = None, **popen_kwargs: Any) -> int:
+                    signal_map: dict[int, int] | None = None, kill_after: float | None = None,
+                    **popen_kwargs: Any) -> int:
     """Run ``args`` to the end with :func:`startproc` and :func:`logproc`; return its exit code.
 
     While the child runs (and only when called on the main thread), SIGTERM and SIGINT sent to
@@ -252,15 +253,16 @@ def run_and_forward(args: Args, log_hook: LogHook = None, *, echo: bool = True, 
     request (:data:`ava.utils.preempt.STOP`: a training instance then finishes as ``preempted``);
     a second one kills the child's group, writes the instances' status and exits at once.
     ``signal_map`` translates what is forwarded (``{SIGTERM: SIGINT}`` makes Caffe snapshot and
-    stop). If this call fails (a hook raised a BaseException), the child's group gets SIGTERM,
-    then SIGKILL after 5 s, before the error propagates.
+    stop). With ``kill_after``, a child still running that many seconds after the first signal
+    is killed (SIGKILL to its group). If this call fails (a hook raised a BaseException), the
+    child's group gets SIGTERM, then SIGKILL after 5 s, before the error propagates.
 
     Returns:
         The child's exit code, an :class:`ExitCode`: 128 + N if signal N killed it (logged; its
         ``signal`` is then N); 127 or 126 if it could not be executed (logged).
     """
     hooks = HookList(log_hook)  # a bad hook fails before anything starts
-    with _Forwarder(signal_map) as forwarder:
+    with _Forwarder(signal_map, kill_after) as forwarder:
         proc = startproc(args, **popen_kwargs)
         forwarder.attach(proc)
         try:
@@ -290,11 +292,13 @@ def runproc(args: Args, log_hook: LogHook = None, **kwargs: Any) -> int:
 class _Forwarder:
     """While the child runs, SIGTERM and SIGINT go to its process group instead of stopping us."""
 
-    def __init__(self, signal_map: dict[int, int] | None = None) -> None:
+    def __init__(self, signal_map: dict[int, int] | None = None, kill_after: float | None = None) -> None:
         self.proc: subprocess.Popen[Any] | None = None
         self.received: list[int] = []
         self._saved: dict[int, Any] = {}
         self._map = dict(signal_map or {})
+        self._kill_after = kill_after
+        self._timer: threading.Timer | None = None
 
     def __enter__(self) -> _Forwarder:
         if threading.current_thread() is threading.main_thread():
@@ -307,6 +311,8 @@ class _Forwarder:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         for sig, previous in self._saved.items():
             signal.signal(sig, previous)
         self._saved.clear()
@@ -315,6 +321,24 @@ class _Forwarder:
         self.proc = proc
         for sig in self.received:  # arrived while the child was being started
             _signal_group(proc, self._map.get(sig, sig))
+        if self.received:
+            self._arm()
+
+    def _arm(self) -> None:
+        """A child that does not stop within ``kill_after`` seconds of the signal is killed: the
+        platform's own SIGKILL would otherwise come first and leave the run "running"."""
+        if self._kill_after is None or self._timer is not None or self.proc is None:
+            return
+        self._timer = threading.Timer(self._kill_after, self._kill)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _kill(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            _write_stderr(f"ava: the command did not stop within {self._kill_after:g} s of "
+                          f"{_signame(self.received[0])}; killing it\n")
+            _signal_group(proc, signal.SIGKILL)
 
     def _handle(self, signum: int, frame: object) -> None:
         # No logging here: this can run in the middle of this thread's own write to run.log.
@@ -328,6 +352,7 @@ class _Forwarder:
         preempt.request(signum)
         if self.proc is not None:
             _signal_group(self.proc, self._map.get(signum, signum))
+            self._arm()
 
 
 def _signal_group(proc: subprocess.Popen[Any], sig: int) -> None:
@@ -387,6 +412,14 @@ def _grow_pipe(fd: int) -> None:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
     except (ImportError, AttributeError, OSError):
         pass  # not Linux, or over the per-user pipe quota: the default size works, only slower
+
+
+def _write_stderr(text: str) -> None:
+    """A line to stderr from a timer thread or a handler, never raising."""
+    try:
+        os.write(2, text.encode("utf-8", "replace"))
+    except OSError:
+        pass
 
 
 def _signame(sig: int) -> str:

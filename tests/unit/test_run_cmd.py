@@ -136,3 +136,25 @@ def test_a_snapshot_that_cannot_be_taken_fails_alone_and_the_log_goes_on(ws, tmp
     recs = list(iter_records(ins.metrics_path))
     assert [r["value"] for r in recs if r.get("name") == "smoothed_loss"] == [0.5, 0.25]
     assert any(r.get("event") == "snapshot_failed" for r in recs)
+
+
+def test_a_command_that_ignores_sigterm_is_killed_after_the_preemption_timeout(ws):
+    import os
+    import signal
+
+    child = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+             "print('ready', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-m", "ava", "run", "--id", "ign", "--", sys.executable, "-c", child],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "AVA_WORKSPACE": str(ws.root), "AVA_PREEMPT_TIMEOUT": "1"})
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)  # it waited for the child for ever (until the platform's SIGKILL)
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 143, err[-2000:]
+    assert "did not stop within 1 s of SIGTERM" in err and "killing it" in err
+    assert status(ws, "ign")["status"] == "preempted"
