@@ -45,6 +45,32 @@ def _kind(leaf: Any) -> str:
     return "local"
 
 
+_KEPT = "_ava_before_reset"
+
+
+def _keep_before_reset(leaf: Any) -> None:
+    """Make ``leaf.reset_local()`` keep the (name, value) the metric had just before the reset:
+    a metric with no additive global counters loses its window value to a Speedometer that
+    resets it before this callback reads it (NaN for a custom metric). Done once per metric."""
+    if getattr(leaf, _KEPT, None) is not None:
+        return
+    kept: list[Any] = [None]
+    original = leaf.reset_local
+
+    def reset_local() -> None:
+        try:
+            kept[0] = leaf.get() if leaf.num_inst else None
+        except Exception:  # noqa: BLE001 - the user's metric: never break its reset
+            kept[0] = None
+        original()
+
+    try:
+        leaf.reset_local = reset_local
+        setattr(leaf, _KEPT, kept)
+    except AttributeError:  # a metric that takes no attributes: its value after a reset stays as it is
+        pass
+
+
 def _pairs(name: Any, value: Any) -> list[tuple[str, Any]]:
     names = name if isinstance(name, list) else [name]
     values = value if isinstance(value, list) else [value]
@@ -56,8 +82,9 @@ class WindowReader:
 
     Global counters survive ``reset_local()`` (what ``Speedometer(auto_reset=True)`` calls), so
     the values do not depend on the order of callbacks. Metrics whose global part is not a
-    plain sum (F1, MCC, PCC, micro Pearson, unknown kinds) give their local value when they have
-    one, else their global one. Values are Python floats.
+    plain sum (F1, MCC, PCC, micro Pearson, custom metrics without global stats) give their local
+    value; when a callback before this one (Speedometer) has just reset it, the value it had
+    just before that reset, which is what Speedometer printed. Values are Python floats.
 
     Example:
         >>> import mxnet as mx
@@ -88,12 +115,22 @@ class WindowReader:
         self._plan = []
         for leaf in _leaves(eval_metric):
             kind = _kind(leaf)
+            if kind == "local":
+                _keep_before_reset(leaf)
             self._plan.append((leaf, kind, "" if kind == "local" else _unique(str(leaf.name), taken), [0.0, 0.0]))
+
+    def watch(self, eval_metric: Any) -> None:
+        """Get ready to read ``eval_metric`` (before a callback can first reset it)."""
+        if eval_metric is not self._metric or (self._composite and self._size != len(eval_metric.metrics or ())):
+            self._prepare(eval_metric)
 
     def restart(self) -> None:
         """Forget the previous read (the metric was reset for a new epoch)."""
         for entry in self._plan:
             entry[3][:] = (0.0, 0.0)
+            kept = getattr(entry[0], _KEPT, None)
+            if kept is not None:
+                kept[0] = None
 
     def read(self, eval_metric: Any, out: dict[str, Any] | None = None) -> dict[str, Any]:
         """name -> value over the window since the last read (into ``out`` when given)."""
@@ -103,7 +140,16 @@ class WindowReader:
             out = {}
         for leaf, kind, name, prev in self._plan:
             if kind == "local":
-                _as_dict(_pairs(*(leaf.get() if leaf.num_inst else leaf.get_global())), out)
+                kept = getattr(leaf, _KEPT, None)
+                if leaf.num_inst:
+                    pairs = leaf.get()
+                elif kept is not None and kept[0] is not None:
+                    pairs = kept[0]  # reset by a callback before this one: its value just before
+                else:
+                    pairs = leaf.get_global()
+                if kept is not None:
+                    kept[0] = None
+                _as_dict(_pairs(*pairs), out)
             else:
                 # As Python floats: numpy scalar arithmetic costs several times more.
                 g_sum = float(leaf.global_sum_metric)

@@ -16,9 +16,10 @@ What reaches the record (CONTRACT.md section 5):
   A metric's value is the one over the batches since the previous report, which is what
   Speedometer prints; it is computed from the metric's global counters, which
   ``Speedometer(auto_reset=True)`` leaves alone, so the order of the callbacks does not matter
-  and the user's metric is never reset or changed. F1, MCC and PCC have no additive global
-  counters: they are read from their local part, so with a ``Speedometer`` placed before this
-  callback (which has just reset it) they give the value since the epoch began instead.
+  and the user's metric is never reset or changed. F1, MCC, PCC and custom metrics without
+  global stats have no additive global counters: they are read from their local part, and
+  when a ``Speedometer`` placed before this callback has just reset it, from the value it had
+  just before (their ``reset_local`` keeps it: the one change made to such a metric).
 - At the last batch of an epoch: the epoch's values (``Epoch[e] Train-x=v``), ``batch`` null.
 - Validation: ``Module.fit`` scores ``eval_data`` after the epoch-end callbacks and logs
   ``Epoch[e] Validation-x=v`` through its logger. The callbacks install a handler on that logger
@@ -140,6 +141,8 @@ class BatchEndCallback:
             if not self._ready:
                 self._ready = True
                 self._tic = time.time()
+                if param.eval_metric is not None:  # before Speedometer first resets it
+                    self._reader.watch(param.eval_metric)
             elif nbatch % self.batch_freq == 0:
                 now = time.time()
                 elapsed = now - self._tic

@@ -448,3 +448,36 @@ def test_other_files_holding_a_directory_are_refused_when_the_callback_is_made(i
     (tmp_path / "labels").mkdir()
     with pytest.raises(UsageError, match=r"other_files: .*labels is a directory"):
         i.get_epoch_end_callback("mxnet", batch_of_epoch=4, other_files=[tmp_path / "labels"])
+
+
+class _MyAcc(mx.metric.EvalMetric):
+    """A custom metric written the usual way: only update(), no global stats."""
+
+    def __init__(self):
+        super().__init__("myacc")
+
+    def update(self, labels, preds):
+        for label, pred in zip(labels, preds):
+            self.sum_metric += float((pred.asnumpy().argmax(1) == label.asnumpy()).sum())
+            self.num_inst += len(label)
+
+
+@pytest.mark.parametrize("metric", ["custom", "f1-free-accuracy"])
+def test_a_metric_without_global_counters_after_speedometer_gets_the_value_speedometer_printed(ins, metric):
+    i = ins()
+    train_iter, _ = make_data()
+    printed = {}
+
+    def probe(param):  # sits before Speedometer: what Speedometer is about to print and reset
+        if param.nbatch and param.nbatch % 2 == 0:
+            printed[(param.epoch, param.nbatch)] = dict(param.eval_metric.get_name_value())
+
+    eval_metric = _MyAcc() if metric == "custom" else mx.metric.create(["acc", _MyAcc()])
+    mod = mx.mod.Module(mlp(), context=mx.cpu())
+    fit(mod, train_iter, epochs=2, eval_metric=eval_metric,
+        batch_end_callback=[probe, mx.callback.Speedometer(BATCH, 2),
+                            i.get_monitor_callback("mxnet", batch_size=BATCH, batch_freq=2)])
+    got = {(r["epoch"], r["batch"]): r["value"] for r in records(i, name="myacc", phase="train")
+           if r.get("batch") is not None}
+    # The custom metric was read after Speedometer's reset_local(): "nan" every time.
+    assert got and all(got[k] == pytest.approx(printed[k]["myacc"]) for k in got), (got, printed)
