@@ -21,6 +21,7 @@ import argparse
 import collections
 import logging
 import signal
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,11 @@ class _Tail:
     def error_text(self) -> str:
         lines = list(self.lines)
         # Prefer what looks like an error (glog's E/F lines, Python tracebacks), else the tail.
-        flagged = [ln for ln in lines if ln[:1] in ("E", "F") or "Error" in ln or "error" in ln or "Traceback" in ln]
+        flagged = [ln for ln in lines if _GLOG_ERROR.match(ln) or "Error" in ln or "error" in ln or "Traceback" in ln]
         return "\n".join((flagged or lines)[-5:])[-2000:]
+
+
+_GLOG_ERROR = re.compile(r"[EF]\d{4}")  # glog's E/F lines (E0512 10:11:12...); not any line starting E or F
 
 
 def run(args: argparse.Namespace, env: Env) -> int:
@@ -63,9 +67,11 @@ def run(args: argparse.Namespace, env: Env) -> int:
     if not command:
         raise UsageError("nothing to run: give the command after --, e.g. ava run --parser caffe -- caffe train ...")
     regex = RegexParser.from_specs(args.metric) if args.metric else None
-    folders = [f for f in args.snapshot_file or () if Path(f).is_dir()]
-    if folders:  # before the instance opens: a usage error, not a failed run
-        raise UsageError(f"--snapshot-file {folders[0]}: is a directory; give files (the option can be repeated)")
+    for f in args.snapshot_file or ():  # before the instance opens: a usage error, not a failed run
+        if Path(f).is_dir():
+            raise UsageError(f"--snapshot-file {f}: is a directory; give files (the option can be repeated)")
+        if not Path(f).is_file():  # every snapshot would wait for it, and none would be confirmed
+            raise UsageError(f"--snapshot-file {f}: no such file")
     ins = train.TrainInstance(args.id, env=env)
     hooks: list[Any] = []
     snapshots = None

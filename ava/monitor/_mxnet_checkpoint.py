@@ -126,10 +126,13 @@ class _OrderedSubmitter:
 
 
 def _no_folders(files: list[Path]) -> None:
-    """A snapshot is a flat set of files: a directory among ``other_files`` is refused at once."""
-    folders = [str(f) for f in files if f.is_dir()]
-    if folders:
-        raise UsageError(f"other_files: {folders[0]} is a directory; give the files in it")
+    """A snapshot is a flat set of files that exist: a directory, or a file missing, among
+    ``other_files`` is refused at once (each snapshot would wait for it, none be confirmed)."""
+    for f in files:
+        if f.is_dir():
+            raise UsageError(f"other_files: {f} is a directory; give the files in it")
+        if not f.is_file():
+            raise UsageError(f"other_files: {f} does not exist")
 
 
 def find_checkpoint(directory: str | Path, number: int) -> tuple[Path, Path] | None:
@@ -194,11 +197,11 @@ class EpochEndCallback:
         if isinstance(other_files, (str, Path)):
             other_files = [other_files]
         self.other_files = [Path(f).absolute() for f in (other_files or ())]
-        _no_folders(self.other_files)
         names = [f.name for f in self.other_files]
         if len(set(names)) != len(names):
             raise UsageError(f"other_files has two files with the same name: {sorted(names)}; a snapshot keeps "
                              "file names, so rename one")
+        _no_folders(self.other_files)
         self.prefix = None if prefix is None else str(Path(prefix).absolute())
         self.snapshot_dir = Path(train_ins.get_snapshot_base_path())
         self._learned: str | None = None  # the prefix found in the snapshot directory

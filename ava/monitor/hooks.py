@@ -122,9 +122,10 @@ class SnapshotHook:
         self.parser = parser
         self.batch_of_epoch = batch_of_epoch
         self.other_files = [Path(f) for f in other_files]
-        folders = [str(f) for f in self.other_files if f.is_dir()]
-        if folders:
-            raise UsageError(f"{folders[0]} is a directory; a snapshot's other files must be files")
+        for f in self.other_files:  # each snapshot would wait for it, and none would be confirmed
+            if not f.is_file():
+                raise UsageError(f"other_files: {f} " + ("is a directory; a snapshot's other files must be files"
+                                                        if f.is_dir() else "does not exist"))
         self._pending: dict[int | None, list[Path]] = {}
         self._names: dict[int | None, str] = {}
         self._at_next_line: set[int | None] = set()  # MXNet checkpoints: a .states may follow

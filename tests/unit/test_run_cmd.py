@@ -158,3 +158,20 @@ def test_a_command_that_ignores_sigterm_is_killed_after_the_preemption_timeout(w
     assert code == 143, err[-2000:]
     assert "did not stop within 1 s of SIGTERM" in err and "killing it" in err
     assert status(ws, "ign")["status"] == "preempted"
+
+
+def test_a_missing_snapshot_file_is_a_usage_error(ws, tmp_path):
+    out = ava_run(ws, "--id", "sfmiss", "--parser", "mxnet", "--snapshot-file", str(tmp_path / "labels.txt"),
+                  "--", "echo", "hi")
+    # It was accepted, and every snapshot then waited for it: none confirmed, done() used its budget.
+    assert out.returncode == 2 and "labels.txt: no such file" in out.stderr, out.stderr
+
+
+def test_the_error_text_of_a_failed_run_is_its_error_not_lines_that_start_with_e(ws):
+    script = ("for i in 0 1 2; do echo \"Epoch[$i] Train-accuracy=0.$i\"; done; "
+              "echo 'out of disk space writing /data/model-0003.params, aborting' >&2; exit 1")
+    out = ava_run(ws, "--id", "errtxt", "--", "sh", "-c", script)
+    assert out.returncode == 1
+    err_msg = status(ws, "errtxt")["err_msg"]
+    # "Epoch[...]" lines were taken for glog's E lines and filled err_msg, without the error.
+    assert err_msg.endswith("out of disk space writing /data/model-0003.params, aborting"), err_msg

@@ -481,3 +481,10 @@ def test_a_metric_without_global_counters_after_speedometer_gets_the_value_speed
            if r.get("batch") is not None}
     # The custom metric was read after Speedometer's reset_local(): "nan" every time.
     assert got and all(got[k] == pytest.approx(printed[k]["myacc"]) for k in got), (got, printed)
+
+
+def test_other_files_that_do_not_exist_are_refused_when_the_callback_is_made(ins, tmp_path):
+    i = ins()
+    # Each epoch's snapshot waited for the missing file: none confirmed, the status still "done".
+    with pytest.raises(UsageError, match=r"other_files: .*labels\.txt does not exist"):
+        i.get_epoch_end_callback("mxnet", batch_of_epoch=4, other_files=[tmp_path / "labels.txt"])
