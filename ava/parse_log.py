@@ -79,6 +79,7 @@ from typing import IO, Any, BinaryIO, Iterable, Iterator
 
 from ava.errors import UsageError
 from ava.monitor.regex import LineParser, Record
+from ava.utils.fileio import os_reason
 
 KINDS = ("caffe", "mxnet")
 MAX_LINE = 16 << 20
@@ -429,6 +430,9 @@ def run(args: argparse.Namespace, env: Any = None) -> int:
     if problem:
         print(f"ava: parse-log: {args.log}: {problem}", file=sys.stderr)
         return 2
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        print(f"ava: parse-log: --out {args.out} is a file, not a directory", file=sys.stderr)
+        return 2
     records = parse_file(args.kind, log_path, year=getattr(args, "year", None))
     stem = log_path.stem or log_path.name
     try:
@@ -455,7 +459,7 @@ def run(args: argparse.Namespace, env: Any = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 1
     except OSError as exc:
-        print(f"ava: parse-log: {exc}", file=sys.stderr)
+        print(f"ava: parse-log: {os_reason(exc)}", file=sys.stderr)
         return 1
     return 0
 

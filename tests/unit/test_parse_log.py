@@ -453,3 +453,14 @@ def test_a_glog_line_after_a_run_of_nul_bytes_keeps_its_record():
         recs = ([r for ln in lines for r in p.parse_line(ln)] if parse == "line"
                 else p.parse_block("\n".join(lines) + "\n"))
         assert [(r["name"], r["step"], r["value"]) for r in recs] == [("smoothed_loss", 100, 0.13), ("loss", 100, 0.12)]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_out_naming_a_file_is_a_usage_error(tmp_path, capsys, fmt):
+    log = tmp_path / "one.log"
+    log.write_text("I0216 11:58:39.623576 17497 solver.cpp:189] Iteration 0, loss = 2.5\n")
+    (tmp_path / "afile").write_text("x")
+    args = command("caffe", str(log), "--format", fmt, "--out", str(tmp_path / "afile"))
+    assert args.func(args, None) == 2  # it was 1, with "[Errno 17] File exists"
+    err = capsys.readouterr().err
+    assert err.strip() == f"ava: parse-log: --out {tmp_path / 'afile'} is a file, not a directory"
