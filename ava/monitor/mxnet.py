@@ -222,7 +222,13 @@ class ScoreEndCallback:
             if self.phase == "val":
                 with self._state.lock:
                     self._state.val_reported.update((epoch, name) for name in values)
-            step = self._state.step_for_epoch(epoch, self.batch_of_epoch) if epoch is not None else None
+            if self.phase != "val" and self._state.last_step is not None:
+                # Module.score() says epoch=0 unless told otherwise: a test score belongs where the
+                # training is (its step, and the epoch that step is in).
+                step = self._state.last_step
+                epoch = max((e for e, s in self._state.epoch_steps.items() if s <= step), default=epoch)
+            else:
+                step = self._state.step_for_epoch(epoch, self.batch_of_epoch) if epoch is not None else None
             self._ins.log_metrics(values, step=step, epoch=epoch, phase=self.phase)
         except Exception as exc:  # noqa: BLE001
             self._guard.report(exc)

@@ -488,3 +488,15 @@ def test_other_files_that_do_not_exist_are_refused_when_the_callback_is_made(ins
     # Each epoch's snapshot waited for the missing file: none confirmed, the status still "done".
     with pytest.raises(UsageError, match=r"other_files: .*labels\.txt does not exist"):
         i.get_epoch_end_callback("mxnet", batch_of_epoch=4, other_files=[tmp_path / "labels.txt"])
+
+
+def test_a_test_score_after_training_is_recorded_where_the_training_is(ins):
+    i = ins()
+    train_iter, val_iter = make_data()
+    mod = mx.mod.Module(mlp(), context=mx.cpu())
+    fit(mod, train_iter, epochs=3, batch_end_callback=i.get_monitor_callback("mxnet", batch_size=BATCH, batch_freq=5))
+    mod.score(val_iter, "acc", score_end_callback=mxnet_monitor.score_end_callback(i))
+    last_train = max(r["step"] for r in records(i, phase="train"))
+    (rec,) = records(i, phase="test")
+    # score() says epoch=0: it was recorded at epoch 0 and the step of epoch 0's end.
+    assert (rec["epoch"], rec["step"]) == (2, last_train)
