@@ -24,6 +24,7 @@ log = logging.getLogger("ava.monitor.mxnet")
 DEFAULT_WAIT_TIMEOUT = 120.0
 _POLL = 0.1
 _WARN_AFTER = 5.0  # a checkpoint still missing this long after its epoch ended is warned about
+_STATES_GRACE = 0.5  # how long a .states is looked for once its .params is there
 
 
 # --- the epoch-end callback -------------------------------------------------------------------------
@@ -39,6 +40,7 @@ class _OrderedSubmitter:
         self._thread: threading.Thread | None = None
         self._idle = threading.Event()
         self._idle.set()
+        self.settling = False  # settle() runs: the instance finishes, nothing more is waited for
 
     def submit(self, resolve: Callable[[], tuple[list[Path], list[str]]], name: str, meta: dict[str, Any],
                step: int | None) -> None:
@@ -104,6 +106,7 @@ class _OrderedSubmitter:
     def settle(self) -> None:
         """The instance is finishing: submit the snapshots whose files are there now, and report
         the others as not uploaded (nothing will wait for them any more)."""
+        self.settling = True
         with self._lock:
             while self._queue:
                 resolve, name, meta, step, _ = self._queue.popleft()
@@ -205,6 +208,7 @@ class EpochEndCallback:
         self.prefix = None if prefix is None else str(Path(prefix).absolute())
         self.snapshot_dir = Path(train_ins.get_snapshot_base_path())
         self._learned: str | None = None  # the prefix found in the snapshot directory
+        self._params_seen: dict[int, float] = {}  # checkpoint number -> when its .params was first seen
         self._state = _state(train_ins)
         if self.batch_of_epoch:
             self._state.batch_of_epoch = self.batch_of_epoch
@@ -227,9 +231,17 @@ class EpochEndCallback:
     def _resolve(self, number: int) -> tuple[list[Path], list[str]]:
         prefix = self.prefix or self._learned
         if prefix is not None:
-            # Known names: the uploader waits for files not written yet (and reports one that never is).
             files = [Path(f"{prefix}-symbol.json"), Path(f"{prefix}-{number:04d}.params")]
             missing: list[str] = []
+            # Known names, but a checkpoint callback listed after this one has not written them yet:
+            # wait (in the background) for the .params, then a moment for the .states that
+            # save_checkpoint(save_optimizer_states=True) writes right after it.
+            if not files[1].is_file():
+                return files, [str(files[1])]
+            seen = self._params_seen.setdefault(number, time.monotonic())
+            states = Path(str(files[1])[: -len(".params")] + ".states")
+            if not states.is_file() and time.monotonic() - seen < _STATES_GRACE and not self._submitter.settling:
+                return files, [str(states) + " (if it is written)"]
         else:
             found = find_checkpoint(self.snapshot_dir, number)
             if found is None:

@@ -500,3 +500,20 @@ def test_a_test_score_after_training_is_recorded_where_the_training_is(ins):
     (rec,) = records(i, phase="test")
     # score() says epoch=0: it was recorded at epoch 0 and the step of epoch 0's end.
     assert (rec["epoch"], rec["step"]) == (2, last_train)
+
+
+@pytest.mark.parametrize("with_prefix", [False, True])
+def test_optimizer_states_saved_by_a_checkpoint_callback_listed_after_ours_go_up_too(ins, with_prefix):
+    i = ins()
+    train_iter, _ = make_data()
+    mod = mx.mod.Module(mlp(), context=mx.cpu())
+    prefix = i.get_snapshot_base_path() + "/net"
+    ours = i.get_epoch_end_callback("mxnet", batch_of_epoch=4, **({"prefix": prefix} if with_prefix else {}))
+    fit(mod, train_iter, epochs=2,
+        epoch_end_callback=[ours, mx.callback.module_checkpoint(mod, prefix, 1, save_optimizer_states=True)])
+    assert ours.wait(30) and i.snapshot_uploader.wait(60)
+    stored = Path(i.storage_url[len("file://"):]) / "snapshots"
+    # The .states was looked for once, before module_checkpoint wrote it: resumes lost the optimizer.
+    for n in (1, 2):
+        names = sorted(f["name"] for f in json.loads((stored / f"epoch-{n:04d}" / "MANIFEST.json").read_text())["files"])
+        assert names == [f"net-{n:04d}.params", f"net-{n:04d}.states", "net-symbol.json"], (n, names)
