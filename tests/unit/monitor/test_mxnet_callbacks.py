@@ -231,18 +231,19 @@ def test_epoch_callback_before_do_checkpoint_and_explicit_prefix(ins, tmp_path):
     mx.model.load_checkpoint(str(snaps / "epoch-0001" / "net"), 1)
 
 
-def test_known_names_go_to_the_uploader_at_once_and_it_waits_for_the_files(ins, tmp_path):
+def test_known_names_are_waited_for_in_the_background_with_the_states_written_after(ins, tmp_path):
     i = ins()
     prefix = tmp_path / "later" / "net"
     cb = i.get_epoch_end_callback("mxnet", prefix=str(prefix))
-    cb(0, None, {}, {})  # nothing written yet: handed over anyway, the uploader waits
-    assert i.snapshot_uploader.status("epoch-0001") == "pending"
-    (event,) = records(i, event="snapshot")
-    assert event["files"] == [f"{prefix}-symbol.json", f"{prefix}-0001.params"]
+    cb(0, None, {}, {})  # nothing written yet: the callback returns at once, its thread waits
+    assert i.snapshot_uploader.status("epoch-0001") is None
     prefix.parent.mkdir()
     Path(f"{prefix}-symbol.json").write_text("{}")
     Path(f"{prefix}-0001.params").write_bytes(b"p" * 100)
-    assert i.snapshot_uploader.wait(30) and i.snapshot_uploader.status("epoch-0001") == "done"
+    Path(f"{prefix}-0001.states").write_bytes(b"s" * 10)  # save_optimizer_states=True writes it next
+    assert cb.wait(30) and i.snapshot_uploader.wait(30) and i.snapshot_uploader.status("epoch-0001") == "done"
+    (event,) = records(i, event="snapshot")
+    assert event["files"] == [f"{prefix}-symbol.json", f"{prefix}-0001.params", f"{prefix}-0001.states"]
 
 
 def test_discovery_learns_the_prefix_and_waits_for_the_first_checkpoint(ins):
