@@ -66,6 +66,7 @@ _SPEED = re.compile(r"[Ss]peed\s*[:=]\s*(" + NUMBER + r")(\s*(?:samples|images|i
 _PAIR = re.compile(r"([A-Za-z_][\w\-/.@#]*)\s*[=:]\s*(" + NUMBER + ")")
 _BARE_PAIR = re.compile(r"([A-Za-z_][\w\-/.@#]*)\s*[=:]\s*(" + NUMBER + r")\s*")
 _NAME_PHASE = (("Train-", "train"), ("Validation-", "val"), ("Test-", "test"))
+_SOURCE_FILES = (".py", ".pyx", ".cc", ".cpp", ".cxx", ".c", ".h", ".hpp", ".cu")
 #: At most this many ``name=value`` pairs are read from one line.
 MAX_PAIRS = 256
 
@@ -188,6 +189,8 @@ class MXNetLogParser:
             if count == MAX_PAIRS:
                 break  # a garbage line of a million "a=1" must not flood the metric stream
             name, pair_phase = pair.group(1), phase
+            if name.endswith(_SOURCE_FILES) and ":" in rest[pair.end(1):pair.start(2)]:
+                continue  # a logger's "(base_module.py:558)": a file and its line, not a metric
             for prefix, prefix_phase in _NAME_PHASE:
                 if name.startswith(prefix) and len(name) > len(prefix):
                     name, pair_phase = name[len(prefix):], prefix_phase

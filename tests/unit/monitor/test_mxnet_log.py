@@ -229,3 +229,11 @@ def test_garbage_never_raises():
     p = MXNetLogParser()
     for text in GARBAGE:
         assert isinstance(p.parse_line(text), list)
+
+
+def test_a_logger_suffix_naming_a_file_and_line_is_not_a_metric():
+    p = MXNetLogParser()
+    recs = p.parse_line("Epoch[0] Train-accuracy=0.845000 (base_module.py:558)")
+    recs += p.parse_line("Epoch[0] Batch [0-2]\tSpeed: 100.0 samples/sec\taccuracy=0.5 [in /src/train.py:42]")
+    # "base_module.py" = 558 and "src/train.py" = 42 were recorded as metrics.
+    assert sorted({r["name"] for r in recs}) == ["accuracy", "speed"]
