@@ -331,8 +331,8 @@ class MultiProcessingLogHandler(logging.Handler):
 
     def _send(self, data: bytes, text: str) -> None:
         """The owner writes ``data`` itself (in the file when this returns); others send a frame."""
-        if self._owner_pid == os.getpid() and self._listener is not None and not self._closed:
-            self._listener.write([data + b"\n"])
+        if self.is_owner and not self._closed:
+            self._listener.write([data + b"\n"])  # type: ignore[union-attr]
             return
         if not self._fallback:
             try:

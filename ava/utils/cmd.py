@@ -336,7 +336,7 @@ class _Forwarder:
     def _kill(self) -> None:
         proc = self.proc
         if proc is not None and proc.poll() is None:
-            _write_stderr(f"ava: the command did not stop within {self._kill_after:g} s of "
+            preempt.write_stderr(f"ava: the command did not stop within {self._kill_after:g} s of "
                           f"{_signame(self.received[0])}; killing it\n")
             _signal_group(proc, signal.SIGKILL)
 
@@ -412,14 +412,6 @@ def _grow_pipe(fd: int) -> None:
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
     except (ImportError, AttributeError, OSError):
         pass  # not Linux, or over the per-user pipe quota: the default size works, only slower
-
-
-def _write_stderr(text: str) -> None:
-    """A line to stderr from a timer thread or a handler, never raising."""
-    try:
-        os.write(2, text.encode("utf-8", "replace"))
-    except OSError:
-        pass
 
 
 def _signame(sig: int) -> str:

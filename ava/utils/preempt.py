@@ -148,7 +148,7 @@ def run_finishers(budget: float, quick: bool = False) -> None:
         try:
             fn(budget, quick)
         except Exception as exc:  # noqa: BLE001 - the process is leaving; say why, keep going
-            _stderr(f"ava: preemption: {type(exc).__name__}: {exc}\n")
+            write_stderr(f"ava: preemption: {type(exc).__name__}: {exc}\n")
 
 
 _leaving = False  # the second signal's quick finish is running
@@ -161,7 +161,7 @@ def _handle(signum: int, frame: Any) -> None:
         if _leaving:  # a third signal while the second one's quick finish runs (bounded): let it end
             return
         _leaving = True
-        _stderr(f"ava: second {signal_name(signum)}: leaving now\n")
+        write_stderr(f"ava: second {signal_name(signum)}: leaving now\n")
         run_finishers(0.0, quick=True)
         os._exit(STOP.exit_code)
     STOP.request(signum)
@@ -194,12 +194,12 @@ def _watch() -> None:
         main_gone = _main_leaving()
         if main_gone or (not _started.is_set() and waited >= _grace):
             if not main_gone:
-                _stderr(f"ava: the training did not stop within {_grace:.0f} s of {signal_name(STOP.signum)}; "
+                write_stderr(f"ava: the training did not stop within {_grace:.0f} s of {signal_name(STOP.signum)}; "
                         "finishing here\n")
             run_finishers(_grace)
             _hard_exit()
         if waited >= 2 * _grace + 5.0:  # the path itself is stuck
-            _stderr("ava: preemption path did not complete in time; leaving now\n")
+            write_stderr("ava: preemption path did not complete in time; leaving now\n")
             run_finishers(0.0, quick=True)
             _hard_exit()
     while not _main_leaving():
@@ -239,7 +239,8 @@ def signal_name(signum: int | None) -> str:
         return f"signal {signum}"
 
 
-def _stderr(text: str) -> None:
+def write_stderr(text: str) -> None:
+    """A line to stderr straight to the descriptor (safe in a signal handler or at exit); never raises."""
     try:
         os.write(2, text.encode("utf-8", "replace"))
     except OSError:
