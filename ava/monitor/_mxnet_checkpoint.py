@@ -14,7 +14,8 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ava.errors import AvaError, UsageError
+from ava.errors import UsageError
+from ava.monitor.hooks import check_other_files, save_or_report
 from ava.monitor._mxnet_shared import _capture_validation, _Guard, _positive_int, _state
 
 # The adapter's logger: records keep the name they had when this code lived in mxnet.py.
@@ -64,11 +65,7 @@ class _OrderedSubmitter:
         ins = self._ins_ref()
         if ins is None:
             return
-        try:
-            ins.save_snapshot(files, name, meta=meta, step=step)
-        except AvaError as exc:  # a file that cannot be a snapshot's: this one fails, the next go on
-            log.error("snapshot %s not uploaded: %s", name, exc)
-            ins.log_event("snapshot_failed", step=step, snapshot=name, reason=str(exc))
+        save_or_report(ins, files, name, meta, step)
 
     def _run(self) -> None:
         warned = False
@@ -126,16 +123,6 @@ class _OrderedSubmitter:
         ins = self._ins_ref()
         if ins is not None:
             ins.log_event("snapshot_failed", step=step, snapshot=name, missing=missing, reason=reason)
-
-
-def _no_folders(files: list[Path]) -> None:
-    """A snapshot is a flat set of files that exist: a directory, or a file missing, among
-    ``other_files`` is refused at once (each snapshot would wait for it, none be confirmed)."""
-    for f in files:
-        if f.is_dir():
-            raise UsageError(f"other_files: {f} is a directory; give the files in it")
-        if not f.is_file():
-            raise UsageError(f"other_files: {f} does not exist")
 
 
 def find_checkpoint(directory: str | Path, number: int) -> tuple[Path, Path] | None:
@@ -204,7 +191,7 @@ class EpochEndCallback:
         if len(set(names)) != len(names):
             raise UsageError(f"other_files has two files with the same name: {sorted(names)}; a snapshot keeps "
                              "file names, so rename one")
-        _no_folders(self.other_files)
+        check_other_files(self.other_files)
         self.prefix = None if prefix is None else str(Path(prefix).absolute())
         self.snapshot_dir = Path(train_ins.get_snapshot_base_path())
         self._learned: str | None = None  # the prefix found in the snapshot directory

@@ -122,10 +122,7 @@ class SnapshotHook:
         self.parser = parser
         self.batch_of_epoch = batch_of_epoch
         self.other_files = [Path(f) for f in other_files]
-        for f in self.other_files:  # each snapshot would wait for it, and none would be confirmed
-            if not f.is_file():
-                raise UsageError(f"other_files: {f} " + ("is a directory; a snapshot's other files must be files"
-                                                        if f.is_dir() else "does not exist"))
+        check_other_files(self.other_files)
         self._pending: dict[int | None, list[Path]] = {}
         self._names: dict[int | None, str] = {}
         self._at_next_line: set[int | None] = set()  # MXNet checkpoints: a .states may follow
@@ -188,14 +185,33 @@ class SnapshotHook:
             meta: dict[str, Any] = {"step": s}
             if self.batch_of_epoch and s is not None:
                 meta["epoch"] = s // self.batch_of_epoch
-            try:
-                self.train_ins.save_snapshot([*files, *self.other_files], name, meta, step=s)
-            except AvaError as exc:  # this snapshot fails; the log's other lines and snapshots go on
-                log.error("snapshot %s not uploaded: %s", name, exc)
-                self.train_ins.log_event("snapshot_failed", step=s, snapshot=name, reason=str(exc))
+            if not save_or_report(self.train_ins, [*files, *self.other_files], name, meta, s):
                 continue
             self.submitted.append(name)
             log.info("snapshot %s handed to the uploader: %s", name, ", ".join(str(f) for f in files))
+
+
+def check_other_files(files: Sequence[Path]) -> None:
+    """A snapshot is a flat set of files that exist: a directory, or a file missing, among the
+    files added to every snapshot is refused at once (each snapshot would wait for it, and none
+    would be confirmed)."""
+    for f in files:
+        if f.is_dir():
+            raise UsageError(f"other_files: {f} is a directory; give the files in it")
+        if not f.is_file():
+            raise UsageError(f"other_files: {f} does not exist")
+
+
+def save_or_report(train_ins: Any, files: Sequence[Path], name: str, meta: dict[str, Any], step: int | None) -> bool:
+    """Hand a snapshot to ``train_ins``; one that cannot be taken (a file that cannot be a
+    snapshot's) fails alone: an error, a ``snapshot_failed`` record, False. The next go on."""
+    try:
+        train_ins.save_snapshot(files, name, meta, step=step)
+        return True
+    except AvaError as exc:
+        log.error("snapshot %s not uploaded: %s", name, exc)
+        train_ins.log_event("snapshot_failed", step=step, snapshot=name, reason=str(exc))
+        return False
 
 
 def _mxnet_checkpoint(path: Path) -> tuple[Path, int] | None:
