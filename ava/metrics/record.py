@@ -92,16 +92,17 @@ def check_step(step: Any, what: str = "step") -> int | None:
         raise MetricsError(f"{what} must be an integer, got {step!r}") from None
 
 
-def check_epoch(epoch: Any) -> int:
-    """``epoch`` as a non-negative ``int`` (numpy and other integer types taken); else a clear error."""
+def check_epoch(epoch: Any, what: str = "epoch") -> int:
+    """``epoch`` as a non-negative ``int`` (numpy and other integer types taken); else a clear
+    error naming ``what`` (an epoch, or another count such as ``begin_step``)."""
     if isinstance(epoch, bool):
-        raise UsageError(f"epoch must be a non-negative integer, got {epoch!r}")
+        raise UsageError(f"{what} must be a non-negative integer, got {epoch!r}")
     try:
         value = operator.index(epoch)
     except TypeError:
-        raise UsageError(f"epoch must be a non-negative integer, got {epoch!r}") from None
+        raise UsageError(f"{what} must be a non-negative integer, got {epoch!r}") from None
     if value < 0:
-        raise UsageError(f"epoch must be a non-negative integer, got {value}")
+        raise UsageError(f"{what} must be a non-negative integer, got {value}")
     return value
 
 

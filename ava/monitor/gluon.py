@@ -52,7 +52,6 @@ Example:
 from __future__ import annotations
 
 import logging
-import operator
 import time
 from pathlib import Path
 from typing import Any
@@ -68,13 +67,6 @@ mx = _mx()
 from mxnet.gluon.contrib.estimator import event_handler as _eh  # noqa: E402
 
 _PREFIXES = ("training ", "validation ")
-
-
-def _count(value: Any, what: str) -> int:
-    """``value`` as a non-negative int (numpy integers taken); else a UsageError naming ``what``."""
-    if isinstance(value, bool) or not hasattr(value, "__index__") or operator.index(value) < 0:
-        raise UsageError(f"{what} must be a non-negative integer, got {value!r}")
-    return operator.index(value)
 
 
 def _plain_name(name: str) -> str:
@@ -160,8 +152,8 @@ class MonitorHandler(_eh.TrainBegin, _eh.EpochBegin, _eh.BatchEnd, _eh.EpochEnd)
         self.priority = priority
         self._units = {"speed": "samples/s"}
         self._guard = _Guard("ava gluon MonitorHandler")
-        self.begin_epoch = _count(begin_epoch, "begin_epoch")
-        self.begin_step = _count(begin_step, "begin_step")
+        self.begin_epoch = check_epoch(begin_epoch, "begin_epoch")
+        self.begin_step = check_epoch(begin_step, "begin_step")
         train_ins.should_stop()  # a stop request now waits for the end of a batch
         self._reset_counters()
 
@@ -254,8 +246,8 @@ class SnapshotHandler(_eh.TrainBegin, _eh.BatchEnd, _eh.EpochEnd):
         self.directory = Path(directory or train_ins.get_snapshot_base_path())
         self.save_states = save_states
         self.priority = priority
-        self.begin_epoch = _count(begin_epoch, "begin_epoch")
-        self.begin_step = _count(begin_step, "begin_step")
+        self.begin_epoch = check_epoch(begin_epoch, "begin_epoch")
+        self.begin_step = check_epoch(begin_step, "begin_step")
         self.epoch = self.begin_epoch
         self.step = self.begin_step
         self._guard = _Guard("ava gluon SnapshotHandler")
