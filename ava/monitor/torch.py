@@ -290,11 +290,25 @@ class TorchMonitor:
         return self._download_latest()
 
     def _download_latest(self) -> Path | None:
+        return self._download(self._latest_name())
+
+    def _latest_name(self) -> str | None:
+        """The snapshot ``LATEST`` names in storage; None when there is none (or it cannot be read)."""
         base = join_url(self._ins.storage_url, "snapshots")
         try:
-            name = read_latest(base)
-            if name is None:
-                return None
+            return read_latest(base)
+        except ObjectNotFoundError:
+            return None
+        except (AvaError, OSError) as exc:
+            log.warning("could not read LATEST in %s: %s", base, exc)
+            return None
+
+    def _download(self, name: str | None) -> Path | None:
+        """The checkpoint of snapshot ``name``, downloaded into ``run/<id>/output/``; None if none."""
+        if name is None:
+            return None
+        base = join_url(self._ins.storage_url, "snapshots")
+        try:
             store = get_storage(base)
             manifest = json.loads(store.get_text(join_url(base, name, MANIFEST)))
             files = [f["name"] for f in manifest.get("files", []) if _CHECKPOINT_RE.match(str(f.get("name")))]
@@ -314,33 +328,24 @@ class TorchMonitor:
     def _candidates(self) -> Iterator[Path]:
         """Local checkpoints newest first, with the one in storage in its place by epoch: when
         the newest local one cannot be loaded (a power cut during its write), storage's copy of
-        a newer epoch than the next local one is tried before it. Storage is asked only then."""
-        remote: int | None = None
+        a newer epoch than the next local one is tried before it. Storage is asked only then,
+        and ``LATEST`` read once."""
+        remote: str | None = None
         asked = tried = False
         for i, path in enumerate(self.local_checkpoints()):
             if i > 0 and not asked:
                 asked = True
-                remote = self._latest_epoch_in_storage()
-            if not tried and remote is not None and remote > _epoch_of(path):
+                remote = self._latest_name()
+            if not tried and _snapshot_epoch(remote) > _epoch_of(path):
                 tried = True
-                downloaded = self._download_latest()
+                downloaded = self._download(remote)
                 if downloaded is not None:
                     yield downloaded
             yield path
         if not tried:
-            downloaded = self._download_latest()
+            downloaded = self._download(remote if asked else self._latest_name())
             if downloaded is not None:
                 yield downloaded
-
-    def _latest_epoch_in_storage(self) -> int | None:
-        """The epoch of the snapshot ``LATEST`` names in storage (``epoch-NNNN``); None if unknown."""
-        try:
-            name = read_latest(join_url(self._ins.storage_url, "snapshots"))
-        except (AvaError, OSError) as exc:
-            log.warning("could not read LATEST in storage: %s", exc)
-            return None
-        m = re.fullmatch(r"epoch-(\d+)", name or "")
-        return int(m.group(1)) if m else None
 
     def resume(self, model: Any, optimizer: Any = None, *, scheduler: Any = None,
                map_location: Any = "cpu") -> tuple[int, int]:
@@ -418,6 +423,12 @@ def _optimizer_misfit(own: dict[str, Any], saved: Any) -> str | None:
         return None
     return (f"optimizer given to resume(): its parameter groups hold {mine} parameters, "
             f"the checkpoint's {theirs}")
+
+
+def _snapshot_epoch(name: str | None) -> int:
+    """NNNN of a snapshot named ``epoch-NNNN``; -1 for any other name (or none)."""
+    m = re.fullmatch(r"epoch-(\d+)", name or "")
+    return int(m.group(1)) if m else -1
 
 
 def _epoch_of(path: Path) -> int:
