@@ -259,13 +259,19 @@ def test_done_keeps_its_bound_when_the_status_host_stalls_in_an_answer(ws, trick
     assert json.loads((ins.metrics_path.parent.parent / "status.json").read_text())["status"] == "done"
 
 
-def test_a_lone_refused_record_after_deliveries_is_skipped_and_delivery_goes_on(ws, platform, caplog):
-    caplog.set_level(logging.WARNING, logger="ava.metrics.sinks.http")
-    ins = open_instance(ws, "lone", platform.url)
+def five_delivered(ws, platform, ins_id):
+    """An instance whose first five records (steps 0-4) the platform has taken."""
+    ins = open_instance(ws, ins_id, platform.url)
     for i in range(5):
         ins.log_metrics({"loss": 1.0}, step=i)
     ins.flush_metrics(10)
-    assert wait_for(lambda: len(stored(platform.db_path, "lone")) == 5)
+    assert wait_for(lambda: len(stored(platform.db_path, ins_id)) == 5)
+    return ins
+
+
+def test_a_lone_refused_record_after_deliveries_is_skipped_and_delivery_goes_on(ws, platform, caplog):
+    caplog.set_level(logging.WARNING, logger="ava.metrics.sinks.http")
+    ins = five_delivered(ws, platform, "lone")
     ins.log_metrics({"loss": 1.0}, step=2**63)  # alone in its batch, refused by the server
     ins.flush_metrics(10)
     assert wait_for(lambda: ins._http.skipped == 1 or ins._http.refused)
@@ -313,11 +319,7 @@ def test_a_new_status_host_or_a_negative_offset_delivers_from_the_start(ws, plat
 
 def test_a_server_that_turns_to_refusing_everything_stops_delivery_and_skips_nothing(ws, platform, caplog):
     caplog.set_level(logging.WARNING, logger="ava.metrics.sinks.http")
-    ins = open_instance(ws, "turned", platform.url)
-    for i in range(5):
-        ins.log_metrics({"loss": 1.0}, step=i)
-    ins.flush_metrics(10)
-    assert wait_for(lambda: len(stored(platform.db_path, "turned")) == 5)
+    ins = five_delivered(ws, platform, "turned")
     platform.faults.mode = "400"  # the server refuses everything from now on (a bad deploy)
     for i in range(5, 205):
         ins.log_metrics({"loss": 1.0}, step=i)

@@ -211,23 +211,25 @@ def test_resume_continues_from_the_epoch_after_the_last_checkpoint(workspace, lo
     assert (storage_dir(ins2) / "LATEST").read_text() == "epoch-0004"
 
 
-def test_resume_skips_an_unreadable_newest_checkpoint(workspace):
+def checkpointed_once(workspace):
+    """An instance, a model, its optimizer and a monitor that saved epoch 0's checkpoint."""
     ins = open_ins(workspace)
     model = make_model()
     opt, _ = make_optimizer(model)
     mon = torch_monitor.TorchMonitor(ins, log_every=5, checkpoint_every=1)
     mon.epoch_end(model, opt, 0)
+    return ins, model, opt, mon
+
+
+def test_resume_skips_an_unreadable_newest_checkpoint(workspace):
+    ins, model, opt, mon = checkpointed_once(workspace)
     Path(mon.checkpoint_path(1)).write_bytes(b"not a checkpoint")
     assert mon.resume(make_model(), opt) == (1, 0)
     ins.done()
 
 
 def test_resume_skips_a_file_that_is_not_its_checkpoint_and_names_a_model_that_does_not_fit(workspace, caplog):
-    ins = open_ins(workspace)
-    model = make_model()
-    opt, _ = make_optimizer(model)
-    mon = torch_monitor.TorchMonitor(ins, log_every=5, checkpoint_every=1)
-    mon.epoch_end(model, opt, 0)
+    ins, model, opt, mon = checkpointed_once(workspace)
     torch.save(model.state_dict(), mon.checkpoint_path(2))  # a plain state dict under the checkpoint name
     torch.save({"model": model.state_dict()}, mon.checkpoint_path(1))  # no epoch, no step
     fresh = make_model()
@@ -242,11 +244,7 @@ def test_resume_skips_a_file_that_is_not_its_checkpoint_and_names_a_model_that_d
 
 
 def test_resume_with_an_optimizer_that_does_not_fit_loads_nothing_and_says_why(workspace):
-    ins = open_ins(workspace)
-    model = make_model()
-    opt, _ = make_optimizer(model)
-    mon = torch_monitor.TorchMonitor(ins, log_every=5, checkpoint_every=1)
-    mon.epoch_end(model, opt, 0)
+    ins, model, opt, mon = checkpointed_once(workspace)
     fresh = make_model()
     with torch.no_grad():
         for p in fresh.parameters():
