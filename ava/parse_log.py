@@ -12,7 +12,8 @@ printed an output (or, train only, an ``lr``); ``Seconds`` counts from the first
 (else the first record) to the row's first output line; ``LearningRate`` is the ``lr`` printed
 for the row's iteration, else the last one printed before the row, else empty. MXNet/Gluon logs
 give the same files: ``NumIters`` is the derived step, ``lr`` pairs fill ``LearningRate``, ``val``
-rows go to the test file, and every other metric (``speed``, ``time_cost`` too) is a column.
+rows go to the test file, and every other metric (``speed``, ``time_cost`` too) is a column;
+the batch lines of a validation pass (``eval_batch_end_callback``) are in the JSON lines only.
 
 Differences from BVLC ``tools/extra/parse_log.py`` (each checked against it on the logs in
 ``shared/testdata``):
@@ -372,6 +373,8 @@ def write_csv(records: Iterable[Record], out_dir: str | os.PathLike[str], stem: 
                 continue
             if record["phase"] == "train":
                 train.add(step, ts, name, value, last_lr, base)
+            elif record.get("batch") is not None:
+                continue  # a validation pass's running values: a row each, all at one step
             else:
                 net = record.get("net")
                 column = f"net{net}/{name}" if net else name

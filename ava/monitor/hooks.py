@@ -5,10 +5,11 @@
 records for snapshot events and hands the files of each snapshot to the instance's background
 uploader: for Caffe, the ``.caffemodel`` and ``.solverstate`` of one iteration (submitted once
 the solver state is announced, Caffe's last write of a snapshot); for MXNet, ``prefix-NNNN.params``
-with its ``prefix-symbol.json`` and the ``prefix-NNNN.states`` announced right after it, if any
-(submitted at the next line); plus any ``other_files``. Given to a ``LogMetricsHook`` as
-``snapshots=``, it takes that hook's records, so one parser sees every line and each snapshot gets
-the step the log is at (``ava run`` does this).
+with its ``prefix-symbol.json``, the ``prefix-NNNN.states`` announced right after it, if any,
+and the checkpoints of other prefixes logged right after it in the same epoch (a second
+``do_checkpoint``), submitted as one snapshot at the next other line; plus any ``other_files``.
+Given to a ``LogMetricsHook`` as ``snapshots=``, it takes that hook's records, so one parser sees
+every line and each snapshot gets the step the log is at (``ava run`` does this).
 
 Both are plain callables taking one line, as ``ava.utils.cmd.logproc`` calls hooks.
 
@@ -142,7 +143,9 @@ class SnapshotHook:
 
     def take(self, records: list[dict[str, Any]], line: str) -> None:
         """Act on the snapshot events among ``records``, those of ``line``."""
-        if self._at_next_line and "Saved optimizer state" not in line:
+        # An MXNet checkpoint waits for the next line: its .states, or the checkpoint of another
+        # prefix in the same epoch (a second do_checkpoint) join the same snapshot.
+        if self._at_next_line and "Saved optimizer state" not in line and "Saved checkpoint" not in line:
             self._submit_waiting()
         for rec in records:
             if rec.get("event") == "snapshot" and rec.get("path"):
@@ -158,10 +161,7 @@ class SnapshotHook:
             if symbol.is_file() and symbol not in files:
                 files.append(symbol)
             self._names.setdefault(step, f"epoch-{number:04d}")
-            if kind == "model":
-                self._at_next_line.add(step)
-                return
-            self.flush(step)
+            self._at_next_line.add(step)
             return
         # Caffe writes the model, then the solver state; anything else is one file per snapshot.
         if kind != "model":

@@ -14,6 +14,9 @@ What it reads (names as printed, minus a ``Train-``/``Validation-`` prefix):
   (at most :data:`MAX_PAIRS` a line): phase ``train``, ``epoch`` e, ``batch`` b.
 - ``Epoch[e] Train-x=v`` (phase ``train``), ``Epoch[e] Validation-x=v`` (phase ``val``),
   ``Epoch[e] Time cost=X`` (``time_cost``, unit ``s``): epoch-level, ``batch`` None.
+- Batch lines of epoch e printed after its ``Train-``/``Time cost`` lines and before its
+  ``Validation-`` lines come from ``fit(eval_batch_end_callback=Speedometer(...))`` scoring the
+  validation set: phase ``val``, at the step the epoch ended, not counted as training batches.
 - Gluon ``[Epoch e] training: a=x b=y`` (train), ``[Epoch e] validation: a=x`` (val),
   ``[Epoch e] speed: X samples/sec<TAB>time cost: Y``, ``[Epoch e] Training cost: Y, a=x``
   (``time_cost``), and ``[Epoch e] Validation:`` followed by one ``name=value`` per line (GluonCV
@@ -65,6 +68,7 @@ _TIME_COST = re.compile(r"(?:Time|time|Training|training) cost\s*[:=]\s*(" + NUM
 _SPEED = re.compile(r"[Ss]peed\s*[:=]\s*(" + NUMBER + r")(\s*(?:samples|images|img)/s(?:ec)?)?")
 _PAIR = re.compile(r"([A-Za-z_][\w\-/.@#]*)\s*[=:]\s*(" + NUMBER + ")")
 _BARE_PAIR = re.compile(r"([A-Za-z_][\w\-/.@#]*)\s*[=:]\s*(" + NUMBER + r")\s*")
+_EPOCH_END = re.compile(r"\s*(?:Train-|Time cost|Resetting Data Iterator)")
 _NAME_PHASE = (("Train-", "train"), ("Validation-", "val"), ("Test-", "test"))
 _SOURCE_FILES = (".py", ".pyx", ".cc", ".cpp", ".cxx", ".c", ".h", ".hpp", ".cu")
 #: At most this many ``name=value`` pairs are read from one line.
@@ -86,7 +90,8 @@ class MXNetLogParser:
         self._epoch: int | None = None
         self._base = 0
         self._max_batch = -1
-        self._last_speed: tuple[int, int] | None = None
+        self._last_speed: tuple[str, int, int] | None = None
+        self._val_epoch: int | None = None  # an epoch whose training has ended, its validation not yet
         self._block: tuple[str, int, int, float | None] | None = None  # phase, epoch, step, ts
 
     def parse_line(self, line: str) -> list[Record]:
@@ -120,7 +125,13 @@ class MXNetLogParser:
         if m is not None:
             epoch = int(m.group(1))
             ts = self._ts(line, m.start())
-            return self._pairs(line[m.end():], ts, self._epoch_step(epoch), "train", epoch, None)
+            step = self._epoch_step(epoch)
+            if epoch == self._epoch:
+                if "Validation-" in line:
+                    self._val_epoch = None
+                elif _EPOCH_END.match(line, m.end()):
+                    self._val_epoch = epoch  # batch lines of this epoch from here on score eval_data
+            return self._pairs(line[m.end():], ts, step, "train", epoch, None)
         m = _SAVED.search(line)
         if m is not None:
             kind = "model" if m.group(1) == "checkpoint" else "solverstate"
@@ -135,6 +146,8 @@ class MXNetLogParser:
     # -- line kinds -----------------------------------------------------------------------
     def _batch_line(self, line: str, m: re.Match[str]) -> list[Record]:
         epoch, batch = int(m.group(1)), int(m.group(2))
+        if epoch == self._val_epoch and epoch == self._epoch:
+            return self._val_batch_line(line, m, epoch, batch)
         if self._epoch is None or epoch != self._epoch:
             self._enter(epoch)
         elif batch < self._max_batch:
@@ -143,17 +156,30 @@ class MXNetLogParser:
         self._max_batch = max(self._max_batch, batch)
         step = self._base + batch
         ts = self._ts(line, m.start())
-        rest = line[m.end():]
-        out: list[Record] = []
+        out, rest = self._speed(line[m.end():], ts, step, "train", epoch, batch)
+        return out + self._pairs(rest, ts, step, "train", epoch, batch)
+
+    def _val_batch_line(self, line: str, m: re.Match[str], epoch: int, batch: int) -> list[Record]:
+        """A Speedometer line of ``fit``'s ``eval_batch_end_callback``: the validation pass of
+        ``epoch`` at the step the epoch ended; the training's batch count is left alone."""
+        step = self._base + self._max_batch + 1
+        ts = self._ts(line, m.start())
+        out, rest = self._speed(line[m.end():], ts, step, "val", epoch, batch)
+        return out + self._pairs(rest, ts, step, "val", epoch, batch)
+
+    def _speed(self, rest: str, ts: float | None, step: int, phase: str, epoch: int,
+               batch: int) -> tuple[list[Record], str]:
+        """The ``speed`` record of a batch line (once per batch, though MXNet may print the
+        batch once per metric), and the rest of the line without it."""
         speed = _SPEED.search(rest)
-        if speed is not None:
-            if self._last_speed != (epoch, batch):
-                out.append(metric(ts, step, "train", "speed", to_float(speed.group(1)),
-                                  epoch=epoch, batch=batch, unit="samples/s"))
-                self._last_speed = (epoch, batch)
-            rest = rest[:speed.start()] + " " + rest[speed.end():]
-        out += self._pairs(rest, ts, step, "train", epoch, batch)
-        return out
+        if speed is None:
+            return [], rest
+        rest = rest[:speed.start()] + " " + rest[speed.end():]
+        if self._last_speed == (phase, epoch, batch):
+            return [], rest
+        self._last_speed = (phase, epoch, batch)
+        return [metric(ts, step, phase, "speed", to_float(speed.group(1)), epoch=epoch, batch=batch,
+                       unit="samples/s")], rest
 
     def _gluon_epoch_line(self, line: str, m: re.Match[str]) -> list[Record]:
         epoch = int(m.group(1))
@@ -202,7 +228,7 @@ class MXNetLogParser:
     def _enter(self, epoch: int) -> None:
         if self._epoch is not None:
             self._base += self._max_batch + 1
-        self._epoch, self._max_batch = epoch, -1
+        self._epoch, self._max_batch, self._val_epoch = epoch, -1, None
 
     def _epoch_step(self, epoch: int | None) -> int:
         if epoch is None:

@@ -464,3 +464,13 @@ def test_out_naming_a_file_is_a_usage_error(tmp_path, capsys, fmt):
     assert args.func(args, None) == 2  # it was 1, with "[Errno 17] File exists"
     err = capsys.readouterr().err
     assert err.strip() == f"ava: parse-log: --out {tmp_path / 'afile'} is a file, not a directory"
+
+
+def test_csv_of_an_mxnet_log_with_validation_batch_lines_has_one_test_row_an_epoch(tmp_path):
+    from tests.unit.monitor.test_mxnet_log import EVAL_BATCH_LOG
+
+    log = tmp_path / "fit.log"
+    log.write_text(EVAL_BATCH_LOG)
+    train_path, test_path = write_csv(parse_file("mxnet", log), tmp_path, "fit")
+    assert [(r["NumIters"], r["accuracy"]) for r in read_csv(test_path)] == [("6", "0.6"), ("12", "0.5")]
+    assert [r["NumIters"] for r in read_csv(train_path)] == ["5", "6", "11", "12", "17"]

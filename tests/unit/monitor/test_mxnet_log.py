@@ -237,3 +237,52 @@ def test_a_logger_suffix_naming_a_file_and_line_is_not_a_metric():
     recs += p.parse_line("Epoch[0] Batch [0-2]\tSpeed: 100.0 samples/sec\taccuracy=0.5 [in /src/train.py:42]")
     # "base_module.py" = 558 and "src/train.py" = 42 were recorded as metrics.
     assert sorted({r["name"] for r in recs}) == ["accuracy", "speed"]
+
+
+# Module.fit(eval_data=..., eval_batch_end_callback=Speedometer(8, 2)), as MXNet 1.9.1 printed it:
+# the validation pass prints batch lines of the same epoch after its Train-/Time cost lines.
+EVAL_BATCH_LOG = """\
+INFO:root:Epoch[0] Batch [0-5]\tSpeed: 24291.92 samples/sec\taccuracy=0.531250
+INFO:root:Epoch[0] Train-accuracy=0.493750
+INFO:root:Epoch[0] Time cost=0.031
+INFO:root:Saved checkpoint to "m-0001.params"
+INFO:root:Epoch[0] Batch [0-2]\tSpeed: 23277.44 samples/sec\taccuracy=0.750000
+INFO:root:Epoch[0] Batch [2-4]\tSpeed: 26204.16 samples/sec\taccuracy=0.562500
+INFO:root:Epoch[0] Validation-accuracy=0.600000
+INFO:root:Epoch[1] Batch [0-5]\tSpeed: 34854.51 samples/sec\taccuracy=0.458333
+INFO:root:Epoch[1] Train-accuracy=0.500000
+INFO:root:Epoch[1] Time cost=0.005
+INFO:root:Saved checkpoint to "m-0002.params"
+INFO:root:Epoch[1] Batch [0-2]\tSpeed: 26193.94 samples/sec\taccuracy=0.625000
+INFO:root:Epoch[1] Batch [2-4]\tSpeed: 22512.20 samples/sec\taccuracy=0.437500
+INFO:root:Epoch[1] Validation-accuracy=0.500000
+INFO:root:Epoch[2] Batch [0-5]\tSpeed: 30000.00 samples/sec\taccuracy=0.5
+"""
+
+
+def test_eval_batch_lines_are_validation_at_the_step_the_epoch_ended():
+    p = MXNetLogParser()
+    recs = [r for line in EVAL_BATCH_LOG.splitlines() for r in p.parse_line(line) if "event" not in r]
+    got = [(r["phase"], r["name"], r["epoch"], r["batch"], r["step"], r["value"]) for r in recs
+           if r["batch"] is not None]
+    assert got == [
+        ("train", "speed", 0, 5, 5, 24291.92), ("train", "accuracy", 0, 5, 5, 0.53125),
+        # were train records at steps 2 and 4, inside the epoch they scored
+        ("val", "speed", 0, 2, 6, 23277.44), ("val", "accuracy", 0, 2, 6, 0.75),
+        ("val", "speed", 0, 4, 6, 26204.16), ("val", "accuracy", 0, 4, 6, 0.5625),
+        ("train", "speed", 1, 5, 11, 34854.51), ("train", "accuracy", 1, 5, 11, 0.458333),
+        ("val", "speed", 1, 2, 12, 26193.94), ("val", "accuracy", 1, 2, 12, 0.625),
+        ("val", "speed", 1, 4, 12, 22512.2), ("val", "accuracy", 1, 4, 12, 0.4375),
+        # the validation batches did not move the training's step count
+        ("train", "speed", 2, 5, 17, 30000.0), ("train", "accuracy", 2, 5, 17, 0.5),
+    ]
+    val = [(r["epoch"], r["step"], r["value"]) for r in recs if r["phase"] == "val" and r["batch"] is None]
+    assert val == [(0, 6, 0.6), (1, 12, 0.5)]
+
+
+def test_a_line_naming_the_epoch_before_its_batches_does_not_make_them_validation():
+    p = MXNetLogParser()
+    p.parse_line("INFO:root:Epoch[0] Batch [0-5]\tSpeed: 1.0 samples/sec\taccuracy=0.5")
+    p.parse_line("INFO:root:Epoch[1] learning rate 0.1")  # a script's own line at an epoch's start
+    recs = p.parse_line("INFO:root:Epoch[1] Batch [0-5]\tSpeed: 1.0 samples/sec\taccuracy=0.5")
+    assert {r["phase"] for r in recs} == {"train"}
