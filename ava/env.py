@@ -82,6 +82,8 @@ RANK_VARIABLES = frozenset(
 DEFAULT_WORKSPACE = "/workspace"
 DEFAULT_DONE_TIMEOUT = 10.0
 DEFAULT_PREEMPT_TIMEOUT = 20.0
+#: The longest ``AVA_DONE_TIMEOUT``/``AVA_PREEMPT_TIMEOUT`` taken (30 days): a deadline must be a time.
+MAX_SECONDS = 30 * 86400.0
 
 # Names of the platform-provided files under <workspace>/config/.
 CONFIG_USER = "user"
@@ -199,8 +201,8 @@ class Env:
             value = float(raw)
         except ValueError:
             raise ConfigError(f"{name}={raw!r} is not a number of seconds; set it to e.g. {default:g}") from None
-        if value < 0 or value != value:
-            raise ConfigError(f"{name}={raw!r} must be zero or more seconds")
+        if not 0 <= value <= MAX_SECONDS:  # nan and inf too: a deadline of inf cannot be computed
+            raise ConfigError(f"{name}={raw!r} must be a number of seconds from 0 to {MAX_SECONDS:.0f} (30 days)")
         return value
 
     @property

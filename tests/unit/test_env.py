@@ -11,10 +11,16 @@ def test_done_timeout_default_and_parse():
     assert Env({"AVA_DONE_TIMEOUT": "2.5"}).done_timeout == 2.5
 
 
-@pytest.mark.parametrize("raw", ["soon", "-1", "nan"])
+@pytest.mark.parametrize("raw", ["soon", "-1", "nan", "inf", "1e300", "2592001"])
 def test_done_timeout_rejects_bad_values_naming_the_variable(raw):
     with pytest.raises(ConfigError, match="AVA_DONE_TIMEOUT"):
         Env({"AVA_DONE_TIMEOUT": raw}).done_timeout
+    with pytest.raises(ConfigError, match="AVA_PREEMPT_TIMEOUT"):
+        Env({"AVA_PREEMPT_TIMEOUT": raw}).preempt_timeout
+
+
+def test_timeouts_up_to_thirty_days_are_taken():
+    assert Env({"AVA_DONE_TIMEOUT": "2592000"}).done_timeout == 30 * 86400
 
 
 def test_job_id_is_third_part_of_job_name():
