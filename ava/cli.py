@@ -149,5 +149,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AvaError as exc:
         print(f"ava: {redact(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
+    except OSError as exc:
+        # A file of the workspace that cannot be used as it is (a folder where status.json or
+        # run.log should be, no permission): one line naming it, as for any bad input.
+        from ava.utils.fileio import os_reason
+
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ava: {redact(where + os_reason(exc))}", file=sys.stderr)
+        bad_input = isinstance(exc, (IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError))
+        return EXIT_USAGE if bad_input else EXIT_FAILURE
     except KeyboardInterrupt:
         return 130

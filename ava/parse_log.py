@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import itertools
 import json
 import math
@@ -462,7 +463,11 @@ def run(args: argparse.Namespace, env: Any = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 1
     except OSError as exc:
-        print(f"ava: parse-log: {os_reason(exc)}", file=sys.stderr)
-        return 1
+        # An output that cannot be written where --out (or the current directory) says: named.
+        where = f"{os.fsdecode(exc.filename)}: " if exc.filename else ""
+        print(f"ava: parse-log: {where}{os_reason(exc)}", file=sys.stderr)
+        bad_out = isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError,
+                                   PermissionError)) or exc.errno == errno.EROFS
+        return 2 if bad_out else 1
     return 0
 

@@ -474,3 +474,13 @@ def test_csv_of_an_mxnet_log_with_validation_batch_lines_has_one_test_row_an_epo
     train_path, test_path = write_csv(parse_file("mxnet", log), tmp_path, "fit")
     assert [(r["NumIters"], r["accuracy"]) for r in read_csv(test_path)] == [("6", "0.6"), ("12", "0.5")]
     assert [r["NumIters"] for r in read_csv(train_path)] == ["5", "6", "11", "12", "17"]
+
+
+@pytest.mark.parametrize("fmt, name", [("csv", "one.train.csv"), ("jsonl", "one.jsonl")])
+def test_an_output_that_cannot_be_written_is_named_and_exits_2(tmp_path, capsys, fmt, name):
+    log = tmp_path / "one.log"
+    log.write_text("I0216 11:58:39.623576 17497 solver.cpp:189] Iteration 0, loss = 2.5\n")
+    (tmp_path / "out" / name).mkdir(parents=True)  # a folder where the output file goes
+    args = command("caffe", str(log), "--format", fmt, "--out", str(tmp_path / "out"))
+    assert args.func(args, None) == 2  # was 1 with "ava: parse-log: Is a directory"
+    assert capsys.readouterr().err.strip() == f"ava: parse-log: {tmp_path / 'out' / name}: Is a directory"

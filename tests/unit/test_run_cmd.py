@@ -72,6 +72,14 @@ def test_bad_usage_exits_2_with_one_line(ws, args, message):
     assert message in out.stderr and out.stderr.strip().count("\n") == 0
 
 
+@pytest.mark.parametrize("folder", ["status.json", "logs/run.log"])
+def test_a_folder_where_a_run_file_should_be_is_one_line_naming_it(ws, folder):
+    (ws.root / "run" / "odd" / folder).mkdir(parents=True)  # was a traceback, exit 1
+    out = ava_run(ws, "--id", "odd", "--", "true")
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"ava: {ws.root / 'run' / 'odd' / folder}: Is a directory"
+
+
 def test_binary_garbage_and_a_huge_line_do_not_break_it(ws):
     code = "import os,sys; sys.stdout.buffer.write(os.urandom(200000) + b'\\n' + b'x' * (10 << 20)); print('acc=0.5')"
     out = ava_run(ws, "--id", "garbage", "--metric", "acc=acc=([0-9.]+)", "--", sys.executable, "-c", code)
