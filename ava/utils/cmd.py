@@ -1,12 +1,17 @@
 """Run a command, stream its output, and hand every line to hooks (``from ava.utils import cmd``).
 
-:func:`startproc` starts the child with stdout and stderr on two pipes, in its own process group.
-:func:`logproc` reads both pipes at once until both close: each chunk goes to the console as the
-child wrote it (its stdout to ours, its stderr to ours) and to run.log (when
-:func:`ava.log.logger.initialize_logger` set one up), each line, as ``str`` without its
-terminator, to the hooks. :func:`runproc` (the old name) and :func:`run_and_forward` do both and
-wait, forwarding SIGTERM and SIGINT to the child's group meanwhile, and return the exit code as a
-shell would: 127 not found, 126 not executable, 128 + N killed by signal N. A command that cannot
+:func:`startproc` starts the child in its own process group with its stderr merged into its
+stdout, on one pipe, as the old SDK did (so a loop reading ``proc.stdout`` sees Caffe's glog lines,
+which go to stderr); ``stderr=subprocess.PIPE`` keeps them apart. :func:`logproc` reads the pipes
+at once until they close: each chunk goes to the console as the child wrote it (its stdout to
+ours, its stderr to ours) and to run.log (when :func:`ava.log.logger.initialize_logger` set one
+up), each line, as ``str`` without its terminator, to the hooks. While it reads on the main
+thread, SIGTERM and SIGINT are forwarded to the child's group (the child is in a group of its
+own, so a signal to this process or its group would not reach it) and recorded as the stop
+request: the child stops, :func:`logproc` returns, and a training instance finishes as
+``preempted``. :func:`runproc` (the old name) and :func:`run_and_forward` do both and wait, with
+two streams, and return the exit code as a shell would: 127 not found, 126 not executable,
+128 + N killed by signal N. A command that cannot
 be executed does not raise: :func:`startproc` logs one line ("command not found: X") and returns
 a finished :class:`NotStarted`, so the old ``startproc``/``logproc``/``wait()`` sequence gets 127.
 
@@ -120,11 +125,12 @@ class NotStarted(subprocess.Popen):  # type: ignore[type-arg]
 
 
 def startproc(args: Args, **popen_kwargs: Any) -> subprocess.Popen[bytes]:
-    """Start ``args`` with its stdout and stderr on two pipes, in a new process group.
+    """Start ``args`` with its stderr merged into its stdout on one pipe, in a new process group.
 
-    Popen keywords override the defaults ``stdout=PIPE``, ``stderr=PIPE`` and
-    ``start_new_session=True`` (the last unless ``start_new_session`` or ``process_group`` is
-    given); ``stderr=subprocess.STDOUT`` merges the streams as the old SDK did.
+    Popen keywords override the defaults ``stdout=PIPE``, ``stderr=STDOUT`` (the old SDK's: one
+    stream, read from ``proc.stdout``) and ``start_new_session=True`` (the last unless
+    ``start_new_session`` or ``process_group`` is given); ``stderr=subprocess.PIPE`` gives two
+    streams, which :func:`logproc` reads together.
 
     Returns:
         The running ``subprocess.Popen``. For a command that does not exist or cannot be
@@ -133,7 +139,7 @@ def startproc(args: Args, **popen_kwargs: Any) -> subprocess.Popen[bytes]:
     Raises:
         OSError: for failures that are not the command's own, such as a missing ``cwd``.
     """
-    kw: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen_kwargs}
+    kw: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, **popen_kwargs}
     if "start_new_session" not in kw and "process_group" not in kw:
         kw["start_new_session"] = True
     try:
@@ -150,8 +156,18 @@ def startproc(args: Args, **popen_kwargs: Any) -> subprocess.Popen[bytes]:
 
 
 def logproc(proc: subprocess.Popen[Any], log_hook: LogHook = None, *, echo: bool = True,
-            prefix_stream: bool = False, max_line: int = MAX_LINE) -> None:
+            prefix_stream: bool = False, max_line: int = MAX_LINE, forward_signals: bool = True) -> None:
     """Read the child's stdout and stderr until both close, passing every line on.
+
+    On the main thread, with ``forward_signals`` and a child that leads its own process group
+    (as :func:`startproc` starts it), SIGTERM and SIGINT are forwarded to the child's group while
+    this reads, instead of stopping this process: the first is recorded as the stop request
+    (:data:`ava.utils.preempt.STOP`), reading goes on until the child exits, and a child still
+    running the preemption timeout after it is killed (when a training instance set one); a
+    second signal kills the child's group and leaves at once. Once the child's output is all
+    read, the signal takes effect here as it would have: with a training instance, SystemExit
+    (status ``preempted``, exit 143/130) unless the training checks ``should_stop()``; without
+    one, the handler that was there (KeyboardInterrupt for Ctrl-C).
 
     When the child has exited but a process it started in the background still holds the pipes
     open, reading stops :data:`EXIT_GRACE` seconds after the exit (with a warning) rather than
@@ -175,11 +191,44 @@ def logproc(proc: subprocess.Popen[Any], log_hook: LogHook = None, *, echo: bool
     Raises:
         UsageError: ``log_hook`` is not a callable, a list/tuple of callables, or None.
     """
-    from ava.log.logger import run_log_handler  # ava.log sits above ava.utils: import on use
-
     hooks = log_hook if isinstance(log_hook, HookList) else HookList(log_hook)
     if isinstance(proc, NotStarted):
         return
+    if forward_signals and _leads_own_group(proc):
+        with _Forwarder(kill_after=preempt.grace() if preempt.installed() else None) as forwarder:
+            forwarder.attach(proc)
+            _read(proc, hooks, echo, prefix_stream, max_line)
+        for sig in forwarder.received:
+            _log.info("received %s; forwarded it to the command's process group", _signame(sig))
+        if forwarder.received:
+            _after_forwarding(forwarder.received[0])
+        return
+    _read(proc, hooks, echo, prefix_stream, max_line)
+
+
+def _after_forwarding(sig: int) -> None:
+    """The child stopped after a signal this process passed on: now it takes effect here too,
+    as it would have without the forwarding (deferred until the child's output was all read)."""
+    if preempt.installed():
+        if not preempt.STOP.polled:  # nobody checks should_stop(): leave as preempted
+            raise SystemExit(preempt.STOP.exit_code)
+        return  # the training loop reads the stop request
+    if threading.current_thread() is threading.main_thread():
+        signal.raise_signal(sig)  # the handler there before: KeyboardInterrupt, the default exit, the user's
+
+
+def _leads_own_group(proc: subprocess.Popen[Any]) -> bool:
+    """The child is the leader of a process group that is not ours (signals must be passed on)."""
+    try:
+        return os.getpgid(proc.pid) == proc.pid != os.getpgrp()
+    except (OSError, TypeError):  # gone already, or not a real process
+        return False
+
+
+def _read(proc: subprocess.Popen[Any], hooks: HookList, echo: bool, prefix_stream: bool, max_line: int) -> None:
+    """:func:`logproc`'s loop: read the pipes until they close (or the exit grace runs out)."""
+    from ava.log.logger import run_log_handler  # ava.log sits above ava.utils: import on use
+
     handler = run_log_handler()
     pipes = [
         OutputPipe(file, console if echo else None, f"[{name}] " if prefix_stream else "", max_line)
@@ -263,10 +312,10 @@ def run_and_forward(args: Args, log_hook: LogHook = None, *, echo: bool = True, 
     """
     hooks = HookList(log_hook)  # a bad hook fails before anything starts
     with _Forwarder(signal_map, kill_after) as forwarder:
-        proc = startproc(args, **popen_kwargs)
+        proc = startproc(args, **{"stderr": subprocess.PIPE, **popen_kwargs})
         forwarder.attach(proc)
         try:
-            logproc(proc, hooks, echo=echo, prefix_stream=prefix_stream)
+            logproc(proc, hooks, echo=echo, prefix_stream=prefix_stream, forward_signals=False)
             proc.wait()
         except BaseException:
             _stop(proc)

@@ -125,6 +125,11 @@ def installed() -> bool:
     return any(signal.getsignal(sig) is _handle for sig in HANDLED)
 
 
+def grace() -> float:
+    """Seconds the preemption path may take (what :func:`install` was given)."""
+    return _grace
+
+
 def request(signum: int = signal.SIGTERM) -> bool:
     """Record a stop request without raising (for code that handles the signal itself)."""
     return STOP.request(signum)

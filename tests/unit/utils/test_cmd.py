@@ -308,7 +308,7 @@ def test_startproc_of_a_missing_command_returns_a_finished_stand_in():
     proc.kill()
     proc.terminate()
     with proc:
-        assert proc.communicate() == (b"", b"")
+        assert proc.communicate() == (b"", None)  # one stream, as the old SDK had
     assert "no-such-command-ava-test" in repr(proc)
 
 
@@ -331,13 +331,26 @@ def test_a_child_killed_by_sigkill_returns_137(caplog):
     assert any("SIGKILL" in r.getMessage() for r in caplog.records)
 
 
-def test_startproc_uses_two_pipes_and_a_new_process_group():
-    proc = cmd.startproc(py("import os, sys; print(os.getpgid(0)); print('e', file=sys.stderr)"))
+def test_startproc_merges_stderr_into_stdout_in_a_new_process_group():
+    proc = cmd.startproc(py("import os, sys; print(os.getpgid(0), flush=True); print('e', file=sys.stderr)"))
     out, err = proc.communicate()
-    assert int(out) == proc.pid
-    assert err == b"e\n"
-    merged = cmd.startproc(["sh", "-c", "echo o; echo e >&2"], stderr=subprocess.STDOUT)
-    assert merged.stderr is None and merged.communicate()[0] == b"o\ne\n"
+    assert proc.stderr is None and err is None
+    assert out.split() == [str(proc.pid).encode(), b"e"]
+    apart = cmd.startproc(["sh", "-c", "echo o; echo e >&2"], stderr=subprocess.PIPE)
+    assert apart.communicate() == (b"o\n", b"e\n")
+
+
+@pytest.mark.timeout(60)
+def test_the_old_sdks_own_read_loop_sees_what_the_child_writes_to_stderr():
+    # Caffe logs through glog, to stderr; the old SDK read proc.stdout line by line. With two
+    # pipes that loop saw nothing and the child blocked on its full stderr pipe: a deadlock.
+    proc = cmd.startproc(py("""
+        import sys
+        for i in range(50000):
+            sys.stderr.write("I0216 11:58:39.623576 1 solver.cpp:189] Iteration %d, loss = 2.3\\n" % i)
+    """))
+    lines = sum(1 for _ in iter(proc.stdout.readline, b""))
+    assert (lines, proc.wait()) == (50000, 0)
 
 
 # -- signals --------------------------------------------------------------------------------
@@ -388,6 +401,73 @@ def test_signals_to_the_wrapper_are_forwarded_to_the_child_group(sig, script, ex
             wrapper.wait()
     assert said in seen + out
     assert wrapper.returncode == expected, err  # the wrapper exited on its own, with the child's code
+
+
+# The guide's Caffe sequence, in a script of its own: a TrainInstance, startproc, logproc, wait, done.
+GUIDE = """
+import os, sys
+from ava.train import base as train
+from ava.utils import cmd
+ins = train.TrainInstance("guide-sig", setup_logging=False)
+proc = cmd.startproc(["sh", "-c", sys.argv[1]])
+print("child", proc.pid, flush=True)
+cmd.logproc(proc, [ins.get_monitor_callback("caffe")])
+proc.wait()
+print("after wait", flush=True)
+ins.done()
+"""
+
+
+@pytest.mark.parametrize("to_group", [False, True])
+def test_a_stop_during_the_guides_logproc_reaches_the_child_and_waits_for_it(tmp_path, to_group):
+    # The child is in a session of its own: a SIGTERM to the training script (or to its group)
+    # never reached it. The script left as preempted and the child trained on, unwatched.
+    script = ("trap 'echo child got TERM; sleep 0.3; echo child done; exit 0' TERM; echo ready; "
+              "while :; do sleep 0.05; done")
+    wrapper = subprocess.Popen([sys.executable, "-c", GUIDE, script], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env={**os.environ, "AVA_WORKSPACE": str(tmp_path)},
+                               start_new_session=True)
+    try:
+        seen = wait_for_output(wrapper, b"ready\n")
+        child = int(re.search(rb"child (\d+)", seen).group(1))
+        if to_group:
+            os.killpg(wrapper.pid, signal.SIGTERM)
+        else:
+            wrapper.send_signal(signal.SIGTERM)
+        out, err = wrapper.communicate(timeout=30)
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+            wrapper.wait()
+    assert b"child got TERM" in seen + out and b"child done" in seen + out, err
+    assert b"after wait" not in out  # nobody checks should_stop(): it leaves once the child has
+    assert wrapper.returncode == 143, err
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+    status = __import__("json").loads((tmp_path / "run" / "guide-sig" / "status.json").read_text())
+    assert status["status"] == "preempted"
+
+
+def test_ctrl_c_during_logproc_without_an_instance_stops_the_child_then_raises_keyboard_interrupt():
+    code = textwrap.dedent("""
+        import sys
+        from ava.utils import cmd
+        proc = cmd.startproc(["sh", "-c", "trap 'echo child got INT; exit 3' INT; echo ready; while :; do sleep 0.05; done"])
+        try:
+            cmd.logproc(proc)
+        except KeyboardInterrupt:
+            print("interrupted, child exit", proc.wait(), flush=True)
+    """)
+    wrapper = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for_output(wrapper, b"ready\n")
+        wrapper.send_signal(signal.SIGINT)
+        out, err = wrapper.communicate(timeout=30)
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+            wrapper.wait()
+    assert b"child got INT" in out and b"interrupted, child exit 3" in out, err
 
 
 def test_previous_signal_handlers_are_restored():
