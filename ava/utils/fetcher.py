@@ -108,6 +108,29 @@ def _unwind(loop: IOLoop) -> None:
             continue
 
 
+#: The first part of the old platform's ``qiniu://[uid@]zone/bucket/key`` URLs: a Qiniu region id.
+_ZONE = re.compile(r"(?:[^@/]+@)?(?:z\d|na\d|as\d"
+                   r"|(?:cn|ap|us|eu)-(?:east|west|north|south|southeast|northeast|southwest|northwest)-\d)")
+
+
+def without_zone(url: str) -> str:
+    """``qiniu://bucket/key`` for the old platform's ``qiniu://[uid@]zone/bucket/key`` (the zone
+    is ``z0``, ``z1``, ``z2``, ``na0``, ``as0``, ``cn-east-2``...; the domain comes from the
+    bucket); any other URL as it is.
+
+    Example:
+        >>> without_zone("qiniu://1234@z0/models/a/b.bin"), without_zone("qiniu://models/a/b.bin")
+        ('qiniu://models/a/b.bin', 'qiniu://models/a/b.bin')
+    """
+    rest = url[len("qiniu://"):] if url.lower().startswith("qiniu://") else None
+    if rest is None:
+        return url
+    first, _, path = rest.partition("/")
+    if _ZONE.fullmatch(first) and "/" in path.strip("/"):
+        return "qiniu://" + path
+    return url
+
+
 class Fetcher:
     """HTTP requests and downloads on tornado, synchronous or asynchronous.
 
@@ -370,6 +393,7 @@ class Fetcher:
         # only when it signs, so a missing SDK surfaces here as an install hint.
         from ava.storage.registry import BACKENDS, get_storage
 
+        url = without_zone(url)
         options: dict[str, Any] = {}
         if self.access_key and self.secret_key:
             options = {"access_key": self.access_key, "secret_key": self.secret_key}
@@ -393,7 +417,8 @@ class Fetcher:
             raise UsageError(f"qiniu:// URLs need {exc.name}: pip install 'ava-sdk[qiniu]'") from None
 
     def parse_qiniu_url(self, path: str) -> str:
-        """``qiniu://bucket/key`` (or the old ``/bucket/key`` path) -> a signed HTTP URL."""
+        """``qiniu://bucket/key``, the old ``qiniu://zone/bucket/key`` (see :func:`without_zone`)
+        or the old ``/bucket/key`` path -> a signed HTTP URL."""
         if "://" not in path:
             bucket, _, key = path.lstrip("/").partition("/")
             if not bucket or not key:

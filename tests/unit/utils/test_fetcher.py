@@ -541,6 +541,39 @@ def test_qiniu_urls_against_the_kodo_protocol_server(tmp_path, monkeypatch):
         assert not (tmp_path / "b.bin").exists()
 
 
+def test_the_old_platforms_zone_urls_against_the_kodo_protocol_server(tmp_path, monkeypatch):
+    # qiniu://[uid@]zone/bucket/key, as the guide's parse_qiniu_url describes: the zone was
+    # taken for the bucket (HTTP 404 for the bucket "z0").
+    pytest.importorskip("qiniu")
+    from ava.storage import registry
+    from tests.support.kodo_server import KodoServer
+
+    monkeypatch.setattr(registry, "_instances", {})
+    data = os.urandom(5000)
+    with KodoServer(tmp_path / "kodo") as kodo:
+        kodo.create_bucket("models")
+        kodo.put_object("models", "r50/big.bin", data)
+        for name, value in kodo.env().items():
+            monkeypatch.setenv(name, value)
+        with Fetcher(backoff=0.001) as f:
+            for url in ("qiniu://z0/models/r50/big.bin", "qiniu://1234@z0/models/r50/big.bin",
+                        "qiniu://cn-east-2/models/r50/big.bin"):
+                assert f.fetch_huge_file(url, tmp_path / "a.bin").read_bytes() == data
+                res, err = f.fetch(f.parse_qiniu_url(url))
+                assert err is None and res.body == data
+
+
+@pytest.mark.parametrize("url, plain", [
+    ("qiniu://z1/b/k", "qiniu://b/k"), ("qiniu://uid@na0/b/d/k", "qiniu://b/d/k"),
+    ("qiniu://z0/k", "qiniu://z0/k"),  # a bucket z0 (no key after a bucket): as it is
+    ("qiniu://my-data-1/x/y", "qiniu://my-data-1/x/y"), ("qiniu://bucket/z0/k", "qiniu://bucket/z0/k"),
+])
+def test_without_zone(url, plain):
+    from ava.utils.fetcher import without_zone
+
+    assert without_zone(url) == plain
+
+
 def test_qmac_auth_fetcher_signs_like_the_qiniu_sdk(srv):
     auth_mod = pytest.importorskip("qiniu.auth")
     f = QMacAuthFetcher("ak", "sk")
