@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ava.errors import UsageError
-from ava.monitor.hooks import check_other_files, save_or_report
+from ava.monitor.hooks import other_files_of, save_or_report
 from ava.monitor._mxnet_shared import _capture_validation, _Guard, _positive_int, _state
 
 # The adapter's logger: records keep the name they had when this code lived in mxnet.py.
@@ -184,14 +184,7 @@ class EpochEndCallback:
         self._ins = train_ins
         self.batch_of_epoch = None if batch_of_epoch is None else _positive_int(batch_of_epoch, "batch_of_epoch")
         self.epoch_interval = _positive_int(epoch_interval, "epoch_interval")
-        if isinstance(other_files, (str, Path)):
-            other_files = [other_files]
-        self.other_files = [Path(f).absolute() for f in (other_files or ())]
-        names = [f.name for f in self.other_files]
-        if len(set(names)) != len(names):
-            raise UsageError(f"other_files has two files with the same name: {sorted(names)}; a snapshot keeps "
-                             "file names, so rename one")
-        check_other_files(self.other_files)
+        self.other_files = other_files_of(other_files)
         self.prefix = None if prefix is None else str(Path(prefix).absolute())
         self.snapshot_dir = Path(train_ins.get_snapshot_base_path())
         self._learned: str | None = None  # the prefix found in the snapshot directory

@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -122,8 +123,7 @@ class SnapshotHook:
         self.train_ins = train_ins
         self.parser = parser
         self.batch_of_epoch = batch_of_epoch
-        self.other_files = [Path(f) for f in other_files]
-        check_other_files(self.other_files)
+        self.other_files = other_files_of(other_files)
         self._pending: dict[int | None, list[Path]] = {}
         self._names: dict[int | None, str] = {}
         self._at_next_line: set[int | None] = set()  # MXNet checkpoints: a .states may follow
@@ -189,6 +189,21 @@ class SnapshotHook:
                 continue
             self.submitted.append(name)
             log.info("snapshot %s handed to the uploader: %s", name, ", ".join(str(f) for f in files))
+
+
+def other_files_of(files: Any) -> list[Path]:
+    """The files added to every snapshot, as absolute paths: one path alone is one file (not its
+    characters), and two files of one name are refused at once (a snapshot keeps file names, so
+    every snapshot of the run would fail)."""
+    if isinstance(files, (str, os.PathLike)):
+        files = [files]
+    paths = [Path(f).absolute() for f in (files or ())]
+    names = [f.name for f in paths]
+    if len(set(names)) != len(names):
+        raise UsageError(f"other_files has two files with the same name: {sorted(names)}; a snapshot keeps "
+                         "file names, so rename one")
+    check_other_files(paths)
+    return paths
 
 
 def check_other_files(files: Sequence[Path]) -> None:

@@ -146,6 +146,29 @@ def test_a_snapshot_that_cannot_be_taken_fails_alone_and_the_log_goes_on(ws, tmp
     assert any(r.get("event") == "snapshot_failed" for r in recs)
 
 
+def test_the_caffe_epoch_end_callback_takes_one_other_file_alone_and_refuses_two_of_one_name(ws, tmp_path):
+    from ava.errors import UsageError
+    from ava.train import base as train
+
+    deploy = tmp_path / "deploy.prototxt"
+    deploy.write_text("name: 'lenet'\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "deploy.prototxt").write_text("name: 'other'\n")
+    ins = train.TrainInstance("caffe-other", workspace=ws.root, setup_logging=False)
+    with pytest.raises(UsageError, match="two files with the same name"):  # every snapshot failed later
+        ins.get_epoch_end_callback("caffe", batch_of_epoch=100, other_files=[deploy, tmp_path / "sub" / "deploy.prototxt"])
+    hook = ins.get_epoch_end_callback("caffe", batch_of_epoch=100, other_files=str(deploy))  # was split into characters
+    model, state = tmp_path / "lenet_iter_100.caffemodel", tmp_path / "lenet_iter_100.solverstate"
+    model.write_bytes(b"m")
+    state.write_bytes(b"s")
+    hook(f"I0124 12:20:27.100000 11911 solver.cpp:454] Snapshotting to binary proto file {model}")
+    hook(f"I0124 12:20:27.200000 11911 sgd_solver.cpp:273] Snapshotting solver state to binary proto file {state}")
+    ins.done()
+    stored = ws.root / "storage" / "caffe-other" / "snapshots" / "iter-00000100"
+    assert sorted(p.name for p in stored.iterdir() if p.name != "MANIFEST.json") == [
+        "deploy.prototxt", "lenet_iter_100.caffemodel", "lenet_iter_100.solverstate"]
+
+
 def test_a_command_that_ignores_sigterm_is_killed_after_the_preemption_timeout(ws):
     import os
     import signal
