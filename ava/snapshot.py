@@ -51,7 +51,8 @@ class SnapshotUploader:
         storage_url: where snapshots go; each one under ``<storage_url>/<key_prefix>/``.
         state_file: where unconfirmed snapshots are remembered across processes.
         on_metrics: called with ``{"upload_bytes": n, "upload_seconds": s}`` per snapshot.
-        stable_seconds: a file counts as complete once its size and mtime hold this long.
+        stable_seconds: a file counts as complete once its size and mtime hold this long (a file
+            last modified longer ago than that counts at once).
         missing_timeout: how long to wait for a file that does not exist yet.
         max_backoff: the longest pause between retries.
         delete_local: delete local files once their snapshot is confirmed.
@@ -206,6 +207,8 @@ class SnapshotUploader:
                 now = (st.st_size, st.st_mtime)
                 if now == last:
                     return st.st_size
+                if last is None and time.time() - st.st_mtime >= self._stable:
+                    return st.st_size  # unchanged for that long already: no need to watch it again
                 last = now
             except FileNotFoundError:
                 if waited >= self._missing_timeout:

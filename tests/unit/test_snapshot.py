@@ -90,6 +90,20 @@ def test_submit_returns_at_once_and_waits_for_a_growing_file(tmp_path):
     up.close()
 
 
+def test_a_file_unchanged_for_longer_than_the_stable_time_is_not_watched_again(tmp_path):
+    # Every file was watched for stable_seconds: 30 snapshots of finished files took 15 s at
+    # the default 0.5 s, more than done() waits. A file written just now is still watched.
+    up = make(tmp_path, stable_seconds=5)
+    old = write(tmp_path / "out" / "old.bin")
+    os.utime(old, (time.time() - 60, time.time() - 60))
+    up.submit([old], "old")
+    assert up.wait(3)  # no 5 s watch
+    up.submit([write(tmp_path / "out" / "new.bin")], "new")
+    assert not up.wait(1)  # watched for 5 s
+    assert up.status("new") == "pending"
+    up.close()
+
+
 def test_a_missing_file_is_reported_by_name_after_the_bound(tmp_path, caplog):
     up = make(tmp_path, missing_timeout=0.3)
     up.submit([tmp_path / "never.bin"], "s1")
