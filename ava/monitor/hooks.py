@@ -57,7 +57,9 @@ class LogMetricsHook:
         self.snapshots = snapshots
         self.records = 0
 
-    def __call__(self, line: str) -> None:
+    def __call__(self, line: str | bytes) -> None:
+        if type(line) is not str:
+            line = _text(line)
         records = self.parser.parse_line(line)
         snapshots = self.snapshots
         if snapshots is not None and (records or snapshots.waiting):
@@ -129,7 +131,9 @@ class SnapshotHook:
         self._at_next_line: set[int | None] = set()  # MXNet checkpoints: a .states may follow
         self.submitted: list[str] = []
 
-    def __call__(self, line: str) -> None:
+    def __call__(self, line: str | bytes) -> None:
+        if type(line) is not str:
+            line = _text(line)
         # The cheap filter: only snapshot lines are parsed; any line can end a checkpoint's wait.
         if "napshot" in line or "checkpoint" in line or "Saved " in line:
             self.take(self.parser.parse_line(line), line)
@@ -189,6 +193,14 @@ class SnapshotHook:
                 continue
             self.submitted.append(name)
             log.info("snapshot %s handed to the uploader: %s", name, ", ".join(str(f) for f in files))
+
+
+def _text(line: Any) -> str:
+    """A line as the hooks take it: ``bytes`` (a script reading ``proc.stdout`` itself, as the old
+    SDK did) decoded as UTF-8 with replacement, without its line ending."""
+    if isinstance(line, (bytes, bytearray)):
+        return bytes(line).decode("utf-8", "replace").rstrip("\r\n")
+    raise UsageError(f"a log hook takes one line as str (or bytes), not {type(line).__name__}")
 
 
 def other_files_of(files: Any) -> list[Path]:

@@ -206,3 +206,24 @@ def test_the_error_text_of_a_failed_run_is_its_error_not_lines_that_start_with_e
     err_msg = status(ws, "errtxt")["err_msg"]
     # "Epoch[...]" lines were taken for glog's E lines and filled err_msg, without the error.
     assert err_msg.endswith("out of disk space writing /data/model-0003.params, aborting"), err_msg
+
+
+def test_the_caffe_hooks_take_bytes_lines_as_a_read_loop_of_the_old_sdk_gives_them(ws, tmp_path):
+    from ava.train import base as train
+
+    ins = train.TrainInstance("caffe-bytes", workspace=ws.root, setup_logging=False)
+    monitor = ins.get_monitor_callback("caffe")
+    snapshots = ins.get_epoch_end_callback("caffe", batch_of_epoch=100)
+    model, state = tmp_path / "lenet_iter_100.caffemodel", tmp_path / "lenet_iter_100.solverstate"
+    model.write_bytes(b"m")
+    state.write_bytes(b"s")
+    for line in [b"I0124 12:20:27.016808 11911 solver.cpp:228] Iteration 100, loss = 0.5\n",
+                 f"I0124 12:20:27.100000 11911 solver.cpp:454] Snapshotting to binary proto file {model}\n".encode(),
+                 f"I0124 12:20:27.2 11911 sgd_solver.cpp:273] Snapshotting solver state to binary proto file {state}\n"
+                 .encode()]:
+        monitor(line)  # TypeError: cannot use a string pattern on a bytes-like object
+        snapshots(line)
+    ins.done()
+    recs = list(iter_records(ins.metrics_path))
+    assert [(r["step"], r["value"]) for r in recs if r.get("name") == "smoothed_loss"] == [(100, 0.5)]
+    assert (ws.root / "storage" / "caffe-bytes" / "snapshots" / "iter-00000100" / "lenet_iter_100.solverstate").is_file()
