@@ -438,7 +438,9 @@ class TrainInstance(Finishing):
         if exc is None or (isinstance(exc, SystemExit) and (preempt.STOP.requested or exc.code in (None, 0))):
             self.done()
             return False
-        self.done(err_msg=f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__)
+        code = exc.code if isinstance(exc, SystemExit) else None
+        self.done(err_msg=f"{exc_type.__name__}: {exc}" if str(exc) else exc_type.__name__,
+                  exit_code=code if type(code) is int else (1 if isinstance(exc, SystemExit) else None))
         if preempt.STOP.requested and isinstance(exc, Exception):
             # After Ctrl-C or SIGTERM to the process group, what else got the signal fails too (a
             # DataLoader's workers: "worker exited unexpectedly"): the run was stopped, and leaves

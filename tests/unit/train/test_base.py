@@ -192,6 +192,24 @@ raise RuntimeError("loss diverged")
     assert doc["status"] == "failed" and doc["err_msg"] == "RuntimeError: loss diverged"
 
 
+@pytest.mark.parametrize("call, code, status, exit_code", [
+    ("sys.exit(3)", 3, "failed", 3),  # exit_code was null
+    ("sys.exit('bad data')", 1, "failed", 1),
+    ("sys.exit(0)", 0, "done", None),
+])
+def test_sys_exit_in_the_with_block_keeps_its_exit_code(ws, call, code, status, exit_code):
+    script = f"""
+import sys
+from ava.train import base as train
+with train.TrainInstance("exit-code", workspace={str(ws.root)!r}, setup_logging=False):
+    {call}
+"""
+    out = run_python(script)
+    assert out.returncode == code, out.stderr
+    doc = json.loads((ws.root / "run" / "exit-code" / "status.json").read_text())
+    assert (doc["status"], doc["exit_code"]) == (status, exit_code)
+
+
 def test_run_log_is_set_up_by_default(ws):
     import logging
 
