@@ -174,9 +174,11 @@ def plot(path: Path, out: Path) -> int:
         raise UsageError(f"{path} is not a file: this run has no metrics to plot")
     series: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
     lines = MetricLines(path)
+    stepless = 0
     for rec in lines:
         step, raw = rec.get("step"), rec["value"]
         if type(step) is not int or isinstance(raw, bool):
+            stepless += type(step) is not int
             continue
         try:
             value = float(raw)  # "nan"/"inf" strings parse as floats too
@@ -188,7 +190,8 @@ def plot(path: Path, out: Path) -> int:
         ys.append(value)
     lines.note()
     if not series:
-        raise UsageError(f"{path} holds no metrics to plot")
+        why = f": its {stepless} metric records have no step" if stepless else ""
+        raise UsageError(f"{path} holds no metrics to plot{why}")
     names = sorted(series)
     cols = min(3, len(names))
     rows = math.ceil(len(names) / cols)

@@ -4,7 +4,10 @@ and the number syntax every log parser in :mod:`ava.monitor` shares.
 A spec is ``NAME=REGEX``. The regex is searched in each line; its first capture group (not
 counting a group named ``step``) is the value, and a group named ``step`` sets the step. A line
 without a ``step`` group match takes the last step any spec captured on an earlier line, so
-``--metric "loss=Iteration (?P<step>\d+), loss = (\S+)"`` feeds the step to the other specs.
+``--metric "loss=Iteration (?P<step>\d+), loss = (\S+)"`` feeds the step to the other specs
+(0 before the first one is captured). When no spec has a ``step`` group, the step counts the
+lines that held a metric (0, 1, 2, ...: the values of one line share a step), so every record
+has a step, as CONTRACT.md section 5 wants, and plots have an x axis.
 Every record has phase ``train``: the phase is where a value was printed, and a regex cannot tell.
 
 Example:
@@ -104,7 +107,8 @@ class RegexParser:
                     "value, e.g. loss=loss: (\\S+)"
                 )
             self._specs.append((name, pattern, value_group, "step" in pattern.groupindex))
-        self._step: int | None = None
+        self._counted = not any(has_step for *_, has_step in self._specs)
+        self._step = -1 if self._counted else 0
 
     @classmethod
     def from_specs(cls, specs: Iterable[str]) -> RegexParser:
@@ -142,6 +146,8 @@ class RegexParser:
             value = parse_number(text) if text is not None else None
             if value is not None:
                 found.append((name, value, step))
+        if found and self._counted:
+            self._step += 1
         for name, value, step in found:
             out.append(metric(None, step if step is not None else self._step, "train", name, value))
         return out

@@ -30,6 +30,18 @@ def test_regex_metrics_and_exit_code(ws):
     assert "step 2 acc=0.2" in run_log and "loss 2" in run_log
 
 
+def test_regex_metrics_without_a_step_group_are_counted_and_can_be_plotted(ws, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = ava_run(ws, "--id", "rxn", "--metric", r"loss=loss=([\d.]+)", "--", "sh", "-c", "echo loss=1.0; echo loss=0.5")
+    assert out.returncode == 0, out.stderr
+    recs = list(iter_records(ws.root / "run" / "rxn" / "logs" / "metrics.jsonl"))
+    assert [(r["step"], r["value"]) for r in recs if r.get("name") == "loss"] == [(0, 1.0), (1, 0.5)]  # steps were null
+    shown = subprocess.run([sys.executable, "-m", "ava", "runs", "show", "rxn", "--plot", str(tmp_path / "p.png")],
+                           capture_output=True, text=True, env={**__import__("os").environ, "AVA_WORKSPACE": str(ws.root)})
+    assert shown.returncode == 0, shown.stderr
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
 def test_failure_sets_failed_with_the_last_error_lines_and_passes_the_code(ws):
     out = ava_run(ws, "--id", "bad", "--", sh := "sh", "-c", "echo working; echo 'Error: CUDA out of memory' >&2; exit 7")
     assert out.returncode == 7

@@ -63,4 +63,19 @@ def test_garbage_never_raises():
     for text in ["", "\x00", "loss=", "it 99999999999999999999999999999 1", "it 1e400 1", "it nan 1",
                  "loss:" + "9" * (10 << 20)]:
         assert isinstance(p.parse_line(text), list)
-    assert p.parse_line("it 1e400 1")[0]["step"] is None
+    assert p.parse_line("it 1e400 1")[0]["step"] == 0  # not a step: the last one taken (none yet: 0)
+
+
+def test_without_a_step_group_the_step_counts_the_lines_that_held_a_metric():
+    # The step was null (CONTRACT.md section 5 wants one; `ava runs show --plot` found nothing to plot).
+    p = RegexParser.from_specs([r"loss=loss=(\S+)", r"acc=acc=(\S+)"])
+    steps = [(r["name"], r["step"]) for line in ["loss=1.0 acc=0.1", "nothing here", "loss=0.5", "acc=0.3"]
+             for r in p.parse_line(line)]
+    assert steps == [("loss", 0), ("acc", 0), ("loss", 1), ("acc", 2)]
+
+
+def test_with_a_step_group_the_records_before_the_first_step_are_at_step_0():
+    p = RegexParser.from_specs([r"loss=it (?P<step>\d+) loss (\S+)", r"lr=lr (\S+)"])
+    assert [(r["name"], r["step"]) for r in p.parse_line("lr 0.1")] == [("lr", 0)]
+    assert [(r["name"], r["step"]) for r in p.parse_line("it 5 loss 2")] == [("loss", 5)]
+    assert [(r["name"], r["step"]) for r in p.parse_line("lr 0.01")] == [("lr", 5)]
