@@ -173,8 +173,14 @@ def _level_of(env: Env, default: str) -> tuple[int, str | None]:
     level = logging.getLevelName(text.upper())
     if isinstance(level, int):
         return level, None
+    if raw in _BAD_LEVELS_SAID:  # the console logger and initialize_logger both read it: said once
+        return logging.getLevelName(default), None
+    _BAD_LEVELS_SAID.add(raw)
     return logging.getLevelName(default), (f"AVA_LOG_LEVEL={raw!r} is not a log level (DEBUG, INFO, WARNING, ERROR, "
-                                           f"CRITICAL or a number); logging at {default}")
+                                           "CRITICAL or a number); ignored")
+
+
+_BAD_LEVELS_SAID: set[str] = set()
 
 
 def run_log_handler() -> MultiProcessingLogHandler | None:

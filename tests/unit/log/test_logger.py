@@ -1,5 +1,7 @@
 import logging
+import os
 import pickle
+import subprocess
 import sys
 
 import pytest
@@ -120,7 +122,15 @@ def test_a_log_level_that_is_not_one_is_said_in_the_log(tmp_path):
     for h in ours:
         h.flush()
     text = (tmp_path / "run.log").read_text()
-    assert "AVA_LOG_LEVEL='LOUD' is not a log level" in text and "logging at INFO" in text
+    assert "AVA_LOG_LEVEL='LOUD' is not a log level" in text and "ignored" in text
+
+
+def test_a_bad_log_level_is_said_once_by_the_cli(tmp_path):
+    # It was said twice, once "logging at WARNING" and once "logging at INFO".
+    out = subprocess.run([sys.executable, "-m", "ava", "run", "--id", "lvl", "--", "true"], capture_output=True,
+                         text=True, env={**os.environ, "AVA_WORKSPACE": str(tmp_path), "AVA_LOG_LEVEL": "bogus"})
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("AVA_LOG_LEVEL='bogus' is not a log level") == 1, out.stderr
 
 
 def test_write_raw_sends_lines_unformatted_as_one_record(tmp_path):
