@@ -37,6 +37,8 @@ AVA_LOG_LEVEL = "AVA_LOG_LEVEL"
 AVA_PREEMPT_TIMEOUT = "AVA_PREEMPT_TIMEOUT"
 AVA_HANDLE_SIGNALS = "AVA_HANDLE_SIGNALS"
 AVA_TLS_VERIFY = "AVA_TLS_VERIFY"  # "0" turns off certificate checks (and says so once)
+#: Set by ``ava run`` for its command: where the instance it holds takes what the command records.
+AVA_RUN_LISTENER = "AVA_RUN_LISTENER"
 
 # Ranks, as each launcher sets them: (global rank, world size, local rank).
 RANK = "RANK"  # torchrun (torch.distributed.run)
@@ -308,6 +310,11 @@ class Env:
         """(``SLURM_JOB_ID``, ``SLURM_STEP_ID`` or None), or None outside a Slurm job."""
         job = self.get(SLURM_JOB_ID)
         return None if job is None else (job, self.get(SLURM_STEP_ID))
+
+    @property
+    def run_listener(self) -> str | None:
+        """The socket of the ``ava run`` that holds :attr:`training_instance_id` (set for its command)."""
+        return self.get(AVA_RUN_LISTENER)
 
     @property
     def log_level(self) -> str | None:

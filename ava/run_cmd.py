@@ -20,13 +20,15 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
-import signal
+import os
 import re
+import signal
 from pathlib import Path
 from typing import Any
 
-from ava.env import Env
+from ava.env import AVA_RUN_LISTENER, AVA_TRAINING_INSTANCE_ID, AVA_WORKSPACE, Env
 from ava.errors import UsageError
+from ava.metrics.forward import ChildListener
 from ava.utils import preempt
 
 log = logging.getLogger(__name__)
@@ -85,24 +87,55 @@ def run(args: argparse.Namespace, env: Env) -> int:
     hooks.append(tail)
     stop = args.stop_signal or ("INT" if args.parser == "caffe" else None)
     signal_map = {signal.SIGTERM: _signum(stop), signal.SIGINT: _signum(stop)} if stop else None
+    # A TrainInstance() in CMD (a guide-style script) joins this instance: ava.train.attached.
+    script = _ScriptEnd()
+    listener = ChildListener(ins.log_metrics, ins.log_event, save_snapshot=_snapshot_saver(ins), finish=script)
+    child_env = {**os.environ, AVA_TRAINING_INSTANCE_ID: ins.training_ins_id,
+                 AVA_WORKSPACE: str(ins.workspace.root), AVA_RUN_LISTENER: listener.address}
     code = 1
     try:
         # After a stop request the command has AVA_PREEMPT_TIMEOUT to stop, as a training does.
-        code = cmd.run_and_forward(command, hooks, signal_map=signal_map, kill_after=env.preempt_timeout)
+        code = cmd.run_and_forward(command, hooks, signal_map=signal_map, kill_after=env.preempt_timeout,
+                                   env=child_env)
     finally:
+        listener.drain()  # what the command sent before it exited
+        listener.close()
         if snapshots is not None:
             snapshots.flush()
         if preempt.STOP.requested:  # status preempted, whatever CMD's code was
             log.info("%s ended with code %d after %s", command[0], code, preempt.signal_name(preempt.STOP.signum))
             ins.done(exit_code=preempt.STOP.exit_code)
             code = preempt.STOP.exit_code
-        elif code == 0:
+        elif code == 0 and not script.err_msg:
             ins.done(exit_code=0)
+        elif code == 0:  # the script said it failed (done(err_msg=...)) and still exited 0
+            ins.done(err_msg=script.err_msg, exit_code=0)
         else:
             what = _how_it_ended(code)
-            detail = tail.error_text()
+            detail = script.err_msg or tail.error_text()
             ins.done(err_msg=f"{command[0]} {what}" + (f": {detail}" if detail else ""), exit_code=code)
     return code
+
+
+class _ScriptEnd:
+    """What a script's joined instance said at its ``done()`` (its ``err_msg``)."""
+
+    def __init__(self) -> None:
+        self.err_msg = ""
+
+    def __call__(self, err_msg: str, exit_code: Any) -> None:
+        if err_msg:
+            self.err_msg = err_msg
+
+
+def _snapshot_saver(ins: Any) -> Any:
+    """``save_snapshot`` of a joined script, done here; refused or failed, it is said and recorded."""
+    from ava.monitor.hooks import save_or_report
+
+    def save(files: list[str], name: str, meta: dict[str, Any], step: int | None = None) -> None:
+        save_or_report(ins, [Path(f) for f in files], name, meta, step)
+
+    return save
 
 
 def _how_it_ended(code: int) -> str:

@@ -73,7 +73,8 @@ def _config_dir_of(workdir: Path) -> Path | None:
 
 def initialize_logger(workdir: str | os.PathLike[str], node: str | None = None, debug: bool = False, *,
                       max_bytes: int = 64 << 20, backup_count: int = 10, env: Env | None = None,
-                      config_dir: str | os.PathLike[str] | None = None, label: str | None = None) -> logging.Logger:
+                      config_dir: str | os.PathLike[str] | None = None, label: str | None = None,
+                      file: bool = True) -> logging.Logger:
     """Log to ``<workdir>/run.log`` (``run.<node>.log`` with a node) and to stderr.
 
     ``workdir`` is a run's ``logs/`` directory (``TrainInstance`` passes its own). Handlers go on
@@ -89,6 +90,7 @@ def initialize_logger(workdir: str | os.PathLike[str], node: str | None = None, 
             found from ``workdir`` (``<workspace>/run/<id>/logs``) or the environment by default.
         label: a word put in every line before the logger's name (default: ``node``), e.g. the
             rank of a distributed run (``rank0``).
+        file: False for stderr only (a command of ``ava run``, which writes its output to run.log).
 
     Every handler it installs masks secrets (:class:`~ava.log.redact.RedactingFilter`), which
     are read again from the environment and ``config/user`` at each call.
@@ -111,12 +113,12 @@ def initialize_logger(workdir: str | os.PathLike[str], node: str | None = None, 
     label = node if label is None else label
     fmt = DEFAULT_FORMAT if label is None else DEFAULT_FORMAT.replace("%(name)s", f"{str(label).replace('%', '%%')} %(name)s")
     formatter = logging.Formatter(fmt)
-    path = Path(workdir) / name
-    file_handler = MultiProcessingLogHandler(path, maxBytes=max_bytes, backupCount=backup_count)
-    file_handler.setFormatter(formatter)
-    file_handler.setLevel(level)
-    setattr(file_handler, _MANAGED, True)
-    root.addHandler(file_handler)
+    if file:
+        file_handler = MultiProcessingLogHandler(Path(workdir) / name, maxBytes=max_bytes, backupCount=backup_count)
+        file_handler.setFormatter(formatter)
+        file_handler.setLevel(level)
+        setattr(file_handler, _MANAGED, True)
+        root.addHandler(file_handler)
     has_console = any(
         isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stderr, sys.stdout)
         for h in root.handlers

@@ -31,7 +31,7 @@ import tempfile
 import threading
 from typing import Any, Callable, Mapping
 
-from ava.errors import MetricsError
+from ava.errors import AvaError, MetricsError
 from ava.metrics.record import PHASES, check_step, plain_details
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,14 @@ class ChildForwarder:
             raise MetricsError(f"event must be a non-empty string, got {event!r}")
         self._send(["e", event, check_step(step), plain_details(details)])
 
+    def save_snapshot(self, files: list[str], name: str, meta: dict[str, Any], step: int | None) -> None:
+        """Ask the holder of the instance to upload a snapshot (``ava run``'s command)."""
+        self._send(["s", files, name, plain_details(meta), check_step(step)])
+
+    def finish(self, err_msg: str, exit_code: int | None) -> None:
+        """Tell the holder of the instance how this process ended its part (``done()``)."""
+        self._send(["d", err_msg, exit_code])
+
 
 class ChildListener:
     """The parent's end: receives what forked children log and records it.
@@ -127,9 +135,12 @@ class ChildListener:
         log_event: the parent's ``log_event``.
     """
 
-    def __init__(self, log_metrics: Callable[..., None], log_event: Callable[..., None]) -> None:
+    def __init__(self, log_metrics: Callable[..., None], log_event: Callable[..., None], *,
+                 save_snapshot: Callable[..., Any] | None = None, finish: Callable[[str, Any], None] | None = None) -> None:
         self._log_metrics = log_metrics
         self._log_event = log_event
+        self._save_snapshot = save_snapshot
+        self._finish = finish
         self._dir = tempfile.mkdtemp(prefix="ava-children-")
         self.address = os.path.join(self._dir, "metrics.sock")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -145,10 +156,16 @@ class ChildListener:
             if msg[0] == "m":
                 values = {k: float(v) if isinstance(v, str) else v for k, v in msg[1].items()}
                 self._log_metrics(values, msg[2], msg[3], msg[4], msg[5], **msg[6])
-            else:
+            elif msg[0] == "e":
                 self._log_event(msg[1], msg[2], **msg[3])
-        except MetricsError as exc:
-            log.warning("a record from a forked child was refused: %s", exc)
+            elif msg[0] == "s" and self._save_snapshot is not None:
+                self._save_snapshot(msg[1], msg[2], msg[3], step=msg[4])
+            elif msg[0] == "d" and self._finish is not None:
+                self._finish(str(msg[1] or ""), msg[2])
+            else:
+                raise ValueError(f"unexpected message kind {msg[0]!r}")
+        except AvaError as exc:  # a refused record or snapshot: the sender goes on
+            log.warning("a record from a child process was refused: %s", exc)
         except (ValueError, IndexError, TypeError, KeyError) as exc:
             log.warning("a malformed message from a forked child was ignored: %s", exc)
 

@@ -88,6 +88,16 @@ class TrainInstance(Finishing):
         'done'
     """
 
+    def __new__(cls, training_ins_id: str | None = None, *args: Any, env: Mapping[str, str] | Env | None = None,
+                rank: int | None = None, **kwargs: Any) -> "TrainInstance":
+        # A script run by ``ava run`` opening the instance ava run holds joins it (ava.train.attached).
+        if cls is TrainInstance:
+            from ava.train.attached import AttachedInstance, holder_of
+
+            if holder_of(env if isinstance(env, Env) else Env(env), training_ins_id, rank) is not None:
+                return super().__new__(AttachedInstance)
+        return super().__new__(cls)
+
     def __init__(
         self,
         training_ins_id: str | None = None,

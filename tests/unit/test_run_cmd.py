@@ -239,3 +239,89 @@ def test_the_caffe_hooks_take_bytes_lines_as_a_read_loop_of_the_old_sdk_gives_th
     recs = list(iter_records(ins.metrics_path))
     assert [(r["step"], r["value"]) for r in recs if r.get("name") == "smoothed_loss"] == [(100, 0.5)]
     assert (ws.root / "storage" / "caffe-bytes" / "snapshots" / "iter-00000100" / "lenet_iter_100.solverstate").is_file()
+
+
+# A guide-style script (it opens its own TrainInstance) run by `ava run`: it joins ava run's instance.
+JOINING = """
+import os, sys, time
+from ava.train import base as train
+ins = train.TrainInstance()
+print("child", type(ins).__name__, ins.get_training_ins_id(), flush=True)
+for step in range(3):
+    ins.log_metrics({"loss": 1.0 / (step + 1)}, step=step, epoch=0, batch=step)
+path = os.path.join(ins.get_snapshot_base_path(), "model.bin")
+with open(path, "wb") as fh:
+    fh.write(b"weights")
+ins.save_snapshot([path], "epoch-0001", {"epoch": 0}, step=3)
+mode = sys.argv[1]
+if mode == "raise":
+    raise RuntimeError("loss diverged")
+if mode == "wait":
+    print("ready", flush=True)
+    while not ins.should_stop():
+        time.sleep(0.02)
+    ins.log_metrics({"loss": 0.1}, step=4)
+    ins.exit_preempted()
+ins.done(err_msg="" if mode == "ok" else mode)
+"""
+
+
+@pytest.mark.parametrize("how", ["--id", "env"])
+def test_a_script_that_opens_its_own_instance_joins_the_one_ava_run_holds(ws, tmp_path, how):
+    # Before: with --id the script opened a second instance under a new id (its metrics and
+    # snapshots elsewhere); with the platform's AVA_TRAINING_INSTANCE_ID it died on the lock.
+    script = tmp_path / "train.py"
+    script.write_text(JOINING)
+    args = ["--id", "joined"] if how == "--id" else []
+    extra = {} if how == "--id" else {"AVA_TRAINING_INSTANCE_ID": "joined"}
+    out = subprocess.run([sys.executable, "-m", "ava", "run", *args, "--", sys.executable, str(script), "ok"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "AVA_WORKSPACE": str(ws.root), **extra})
+    assert out.returncode == 0, out.stderr
+    assert "child AttachedInstance joined" in out.stdout
+    assert sorted(p.name for p in (ws.root / "run").iterdir()) == ["joined"]
+    recs = list(iter_records(ws.root / "run" / "joined" / "logs" / "metrics.jsonl"))
+    assert [(r["step"], r["value"]) for r in recs if r.get("name") == "loss"] == [(0, 1.0), (1, 0.5), (2, 1 / 3)]
+    assert [r["seq"] for r in recs] == list(range(len(recs)))
+    assert [r["snapshot"] for r in recs if r.get("event") == "snapshot"] == ["epoch-0001"]
+    stored = ws.root / "storage" / "joined" / "snapshots"
+    assert (stored / "epoch-0001" / "model.bin").read_bytes() == b"weights"
+    assert (stored / "LATEST").read_text() == "epoch-0001"
+    assert status(ws, "joined")["status"] == "done"
+    run_log = (ws.root / "run" / "joined" / "logs" / "run.log").read_text()
+    assert run_log.count("training instance joined joined") == 1  # the script's log line, once (no second writer)
+
+
+@pytest.mark.parametrize("mode, code, err", [
+    ("raise", 1, "RuntimeError: loss diverged"),  # the script's own error text, not only the tail
+    ("nan loss at step 3", 0, "nan loss at step 3"),  # done(err_msg=...) and exit 0: still failed
+])
+def test_a_joined_script_that_fails_fails_the_run_with_its_error(ws, tmp_path, mode, code, err):
+    script = tmp_path / "train.py"
+    script.write_text(JOINING)
+    out = ava_run(ws, "--id", "jfail", "--", sys.executable, str(script), mode)
+    assert out.returncode == code, out.stderr
+    doc = status(ws, "jfail")
+    assert doc["status"] == "failed" and err in doc["err_msg"], doc
+
+
+def test_a_joined_script_stopped_by_sigterm_leaves_the_run_preempted(ws, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(JOINING)
+    wrapper = subprocess.Popen([sys.executable, "-m", "ava", "run", "--id", "jstop", "--", sys.executable, str(script),
+                                "wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**__import__("os").environ, "AVA_WORKSPACE": str(ws.root)})
+    try:
+        from tests.unit.utils.test_cmd import wait_for_output
+
+        wait_for_output(wrapper, b"ready\n")
+        wrapper.send_signal(__import__("signal").SIGTERM)
+        _, err = wrapper.communicate(timeout=60)
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+            wrapper.wait()
+    assert wrapper.returncode == 143, err
+    assert status(ws, "jstop")["status"] == "preempted"
+    recs = list(iter_records(ws.root / "run" / "jstop" / "logs" / "metrics.jsonl"))
+    assert [r["step"] for r in recs if r.get("name") == "loss"] == [0, 1, 2, 4]  # the step after the stop too

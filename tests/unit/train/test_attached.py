@@ -1,0 +1,51 @@
+"""ava.train.attached: which TrainInstance() in a command of `ava run` joins ava run's instance."""
+
+import pytest
+
+from ava.env import Env
+from ava.metrics.forward import ChildListener
+from ava.train import base as train
+from ava.train.attached import AttachedInstance, holder_of
+
+RUN = {"AVA_RUN_LISTENER": "/tmp/x.sock", "AVA_TRAINING_INSTANCE_ID": "r1"}
+
+
+@pytest.mark.parametrize("env, ins_id, rank, joins", [
+    (RUN, None, None, True),
+    (RUN, "r1", None, True),
+    (RUN, "other", None, False),  # the script opens an instance of its own
+    ({**RUN, "RANK": "1", "WORLD_SIZE": "2"}, None, None, False),  # rank 1 records to its own file
+    (RUN, None, 1, False),
+    ({"AVA_TRAINING_INSTANCE_ID": "r1"}, None, None, False),  # not under ava run
+])
+def test_holder_of(env, ins_id, rank, joins):
+    assert (holder_of(Env(env), ins_id, rank) is not None) is joins
+
+
+def test_a_joined_instance_records_through_the_holder_and_says_how_it_ended(tmp_path):
+    got: dict = {"metrics": [], "events": [], "snapshots": [], "end": []}
+    lis = ChildListener(lambda *a, **k: got["metrics"].append(a), lambda *a, **k: got["events"].append((a, k)),
+                        save_snapshot=lambda *a, **k: got["snapshots"].append((a, k)),
+                        finish=lambda *a: got["end"].append(a))
+    try:
+        env = {"AVA_RUN_LISTENER": lis.address, "AVA_TRAINING_INSTANCE_ID": "r1", "AVA_WORKSPACE": str(tmp_path)}
+        ins = train.TrainInstance(env=env, setup_logging=False, handle_signals=False)
+        assert isinstance(ins, AttachedInstance) and isinstance(ins, train.TrainInstance)
+        ins.log_metrics({"loss": 0.5}, step=3)
+        ins.log_event("resume", step=3, epoch=1)
+        f = tmp_path / "m.bin"
+        f.write_bytes(b"x")
+        ins.save_snapshot(str(f), "s1", {"epoch": 1}, step=3)
+        with pytest.raises(Exception, match="is a directory"):
+            ins.save_snapshot([tmp_path], "s2")
+        ins.done(err_msg="bad")
+        ins.done()  # once
+        lis.drain()
+    finally:
+        lis.close()
+    assert got["metrics"] == [({"loss": 0.5}, 3, None, None, "train")]
+    assert got["events"] == [(("resume", 3), {"epoch": 1})]
+    assert got["snapshots"] == [(([str(f)], "s1", {"epoch": 1}), {"step": 3})]
+    assert got["end"] == [("bad", None)]
+    assert ins.status == "failed"
+    assert not (tmp_path / "run" / "r1" / "status.json").exists()  # ava run writes it, not the script
