@@ -257,6 +257,7 @@ def test_discovery_learns_the_prefix_and_waits_for_the_first_checkpoint(ins):
     assert cb.wait(30)
     cb(1)  # the prefix is known now: the names go to the uploader before the files exist
     (out / "m-0002.params").write_bytes(b"2")
+    assert cb.wait(30)  # handed to the uploader (after a moment for a .states): then wait for the upload
     assert i.snapshot_uploader.wait(30)
     assert [e["files"] for e in records(i, event="snapshot")] == [
         [str(out / "m-symbol.json"), str(out / "m-0001.params")],
