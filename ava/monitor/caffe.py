@@ -52,6 +52,7 @@ import datetime
 import logging
 import math
 import re
+import signal
 from typing import Any
 
 from ava.monitor.regex import NUMBER, Record, metric, to_float
@@ -156,6 +157,10 @@ class CaffeLogParser:
         >>> r["phase"], r["step"], r["net"], r["name"], r["value"]
         ('test', 1000, 0, 'accuracy', 0.001)
     """
+
+    #: Caffe stops cleanly on SIGINT (``-sigint_effect stop``: it snapshots, then stops); SIGTERM
+    #: kills it. ``cmd.logproc`` passes a stop on to Caffe as this signal.
+    stop_signal = signal.SIGINT
 
     def __init__(self, year: int | None = None) -> None:
         self._year = year if year is not None else datetime.date.today().year

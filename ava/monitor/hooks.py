@@ -56,6 +56,8 @@ class LogMetricsHook:
         self.events = events
         self.snapshots = snapshots
         self.records = 0
+        # What cmd.logproc passes on when the script is stopped (SIGINT for Caffe: snapshot, stop).
+        self.stop_signal: int | None = getattr(parser, "stop_signal", None)
 
     def __call__(self, line: str | bytes) -> None:
         if type(line) is not str:
@@ -124,6 +126,7 @@ class SnapshotHook:
                  other_files: Sequence[str | Path] = ()) -> None:
         self.train_ins = train_ins
         self.parser = parser
+        self.stop_signal: int | None = getattr(parser, "stop_signal", None)
         self.batch_of_epoch = batch_of_epoch
         self.other_files = other_files_of(other_files)
         self._pending: dict[int | None, list[Path]] = {}

@@ -189,6 +189,16 @@ class HookList:
     def __bool__(self) -> bool:
         return bool(self._hooks)
 
+    @property
+    def stop_signal(self) -> int | None:
+        """The signal the wrapped program stops cleanly on, as a hook knows it (Caffe: SIGINT,
+        on which it snapshots and stops; SIGTERM kills it): a hook's ``stop_signal``, else None."""
+        for hook in self._hooks:
+            sig = getattr(hook, "stop_signal", None)
+            if isinstance(sig, int):
+                return sig
+        return None
+
     def deliver(self, lines: list[str]) -> None:
         """Call every live hook with each line, in order; a hook that raises is disabled."""
         it = iter(lines)

@@ -161,7 +161,9 @@ def logproc(proc: subprocess.Popen[Any], log_hook: LogHook = None, *, echo: bool
 
     On the main thread, with ``forward_signals`` and a child that leads its own process group
     (as :func:`startproc` starts it), SIGTERM and SIGINT are forwarded to the child's group while
-    this reads, instead of stopping this process: the first is recorded as the stop request
+    this reads, instead of stopping this process (as the signal a hook names in its
+    ``stop_signal``, if one does: the Caffe hooks name SIGINT, on which Caffe snapshots and
+    stops, where SIGTERM would kill it): the first is recorded as the stop request
     (:data:`ava.utils.preempt.STOP`), reading goes on until the child exits, and a child still
     running the preemption timeout after it is killed (when a training instance set one); a
     second signal kills the child's group and leaves at once. Once the child's output is all
@@ -195,7 +197,9 @@ def logproc(proc: subprocess.Popen[Any], log_hook: LogHook = None, *, echo: bool
     if isinstance(proc, NotStarted):
         return
     if forward_signals and _leads_own_group(proc):
-        with _Forwarder(kill_after=preempt.grace() if preempt.installed() else None) as forwarder:
+        stop = hooks.stop_signal  # a Caffe hook: SIGINT, on which Caffe snapshots and stops
+        signal_map = {sig: stop for sig in _FORWARDED} if stop is not None else None
+        with _Forwarder(signal_map, kill_after=preempt.grace() if preempt.installed() else None) as forwarder:
             forwarder.attach(proc)
             _read(proc, hooks, echo, prefix_stream, max_line)
         for sig in forwarder.received:
