@@ -18,11 +18,14 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from typing import Any, Iterable, Protocol
 
 from ava.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 #: A number as logs print it: C++ streams (``2.3e-05``, ``nan``, ``-nan``, ``inf``), MSVC
 #: (``-nan(ind)``, ``1.#QNAN``, ``1.#INF``) and Python (``nan``, ``inf``, ``Infinity``). The
@@ -34,6 +37,7 @@ NUMBER = (
     r"|\.\d+(?:[eE][-+]?\d+)?))(?![\w.#])"
 )
 _NUMBER_FULL = re.compile(r"\s*(" + NUMBER + r")\s*")
+_TRAILING = ",;:)]}"  # what a greedy (\S+) takes after a number in "loss: 0.5, acc: 0.9"
 
 Record = dict[str, Any]
 
@@ -108,6 +112,7 @@ class RegexParser:
                 )
             self._specs.append((name, pattern, value_group, "step" in pattern.groupindex))
         self._counted = not any(has_step for *_, has_step in self._specs)
+        self._said: set[str] = set()
         self._step = -1 if self._counted else 0
 
     @classmethod
@@ -143,9 +148,17 @@ class RegexParser:
                 if step is not None:
                     self._step = step
             text = m.group(value_group)
-            value = parse_number(text) if text is not None else None
+            value = None if text is None else parse_number(text)
+            if value is None and text:
+                value = parse_number(text.rstrip(",;:")) if text[-1] in ",;:" else None
+                if value is None:
+                    value = parse_number(text.rstrip(_TRAILING))
             if value is not None:
                 found.append((name, value, step))
+            elif name not in self._said:  # a match that is no number: said once, not silently dropped
+                self._said.add(name)
+                log.warning("metric %s: its regex matched %r, which is not a number; such lines are skipped "
+                            "(make the value group match only the number, e.g. ([-+.\\deE]+))", name, text)
         if found and self._counted:
             self._step += 1
         for name, value, step in found:

@@ -79,3 +79,14 @@ def test_with_a_step_group_the_records_before_the_first_step_are_at_step_0():
     assert [(r["name"], r["step"]) for r in p.parse_line("lr 0.1")] == [("lr", 0)]
     assert [(r["name"], r["step"]) for r in p.parse_line("it 5 loss 2")] == [("loss", 5)]
     assert [(r["name"], r["step"]) for r in p.parse_line("lr 0.01")] == [("lr", 5)]
+
+
+def test_a_value_captured_with_trailing_punctuation_is_read_and_a_non_number_is_said_once(caplog):
+    # The usage hint's own (\S+) took "0.1," and every line was dropped without a word.
+    p = RegexParser.from_specs([r"loss=loss: (\S+)", r"acc=acc: (\S+)"])
+    got = [(r["name"], r["value"]) for r in p.parse_line("epoch 1, loss: 0.1, acc: 0.9")]
+    assert got == [("loss", 0.1), ("acc", 0.9)]
+    assert p.parse_line("loss: -nan(ind),")[0]["value"] != p.parse_line("loss: -nan(ind),")[0]["value"]  # nan kept
+    assert p.parse_line("loss: high") == [] and p.parse_line("loss: low") == []
+    said = [r.getMessage() for r in caplog.records if "not a number" in r.getMessage()]
+    assert len(said) == 1 and "'high'" in said[0]
