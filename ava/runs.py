@@ -153,12 +153,19 @@ class MetricLines:
             print(f"ava: skipped {self.skipped} line(s) of {self.path} that are not metric records", file=sys.stderr)
 
 
+def label(rec: dict[str, Any]) -> str:
+    """A metric's name as shown: a Caffe test net k >= 1 as ``net<k>/<name>`` (as ``parse-log``'s
+    CSV names its columns), so two test nets stay two rows and two curves."""
+    net = rec.get("net")
+    return f"net{net}/{rec['name']}" if type(net) is int and net > 0 else rec["name"]
+
+
 def last_values(path: Path) -> dict[tuple[str, str], tuple[int | None, Any]]:
     """(phase, name) -> (step, value) of the last record of each metric."""
     lines = MetricLines(path)
     out: dict[tuple[str, str], tuple[int | None, Any]] = {}
     for rec in lines:
-        out[(str(rec.get("phase") or "train"), rec["name"])] = (rec.get("step"), rec["value"])
+        out[(str(rec.get("phase") or "train"), label(rec))] = (rec.get("step"), rec["value"])
     lines.note()
     return out
 
@@ -185,7 +192,7 @@ def plot(path: Path, out: Path) -> int:
         except (TypeError, ValueError):
             lines.skipped += 1
             continue
-        xs, ys = series.setdefault(rec["name"], {}).setdefault(str(rec.get("phase") or "train"), ([], []))
+        xs, ys = series.setdefault(label(rec), {}).setdefault(str(rec.get("phase") or "train"), ([], []))
         xs.append(step)
         ys.append(value)
     lines.note()

@@ -73,6 +73,21 @@ def test_runs_show_gives_every_ranks_values_and_a_node_with_other_ranks_only(ws,
     assert [line.split() for line in out[2:]] == [["1", "train", "loss", "5", "2"]]
 
 
+def test_runs_show_and_plot_keep_two_caffe_test_nets_apart(ws, monkeypatch, capsys, tmp_path):
+    # One row "test accuracy 100 0.91" hid net 0, and the plot zig-zagged between the nets.
+    monkeypatch.setenv("AVA_WORKSPACE", str(ws.root))
+    ins = train.TrainInstance("nets", setup_logging=False)
+    for step, a0, a1 in ((0, 0.25, 0.29), (100, 0.93, 0.91)):
+        ins.log_metrics({"accuracy": a0}, step=step, phase="test", net=0)
+        ins.log_metrics({"accuracy": a1}, step=step, phase="test", net=1)
+    ins.done()
+    png = tmp_path / "nets.png"
+    assert main(["runs", "show", "nets", "--plot", str(png)]) == 0
+    shown = capsys.readouterr().out
+    assert "test   accuracy       100   0.93" in shown and "test   net1/accuracy  100   0.91" in shown, shown
+    assert "plotted 2 metrics" in shown
+
+
 def test_runs_list_show_and_plot(ws, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("AVA_WORKSPACE", str(ws.root))
     ins = train.TrainInstance("curves", setup_logging=False)
