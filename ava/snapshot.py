@@ -73,6 +73,7 @@ class SnapshotUploader:
         self._delete_local = delete_local
         self._keep_local = keep_local
         self._cond = threading.Condition()
+        self._pruning = 0
         self._stop = False
         self._snapshots: list[dict[str, Any]] = self._load_state()
         self._thread = threading.Thread(target=self._run, name="ava-snapshot-uploader", daemon=True)
@@ -106,7 +107,7 @@ class SnapshotUploader:
         """Wait until every submitted snapshot is confirmed or failed; False on timeout."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while any(s["state"] == PENDING for s in self._snapshots):
+            while self._pruning or any(s["state"] == PENDING for s in self._snapshots):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
@@ -287,9 +288,16 @@ class SnapshotUploader:
                 self._on_metrics({"upload_bytes": total, "upload_seconds": seconds})
             except AvaError as exc:
                 log.debug("upload metrics not recorded: %s", exc)
-        self._finish(snap, DONE, None)
-        log.info("snapshot %s uploaded: %d files, %d bytes in %.2f s", snap["id"], len(entries), total, seconds)
-        self._prune_local()
+        with self._cond:  # wait() returns once the local files of what is confirmed are pruned too
+            self._pruning += 1
+        try:
+            self._finish(snap, DONE, None)
+            log.info("snapshot %s uploaded: %d files, %d bytes in %.2f s", snap["id"], len(entries), total, seconds)
+            self._prune_local()
+        finally:
+            with self._cond:
+                self._pruning -= 1
+                self._cond.notify_all()
 
     def _unconfirm(self, key: str) -> None:
         """A name confirmed earlier is uploaded again (a run that rewound saves it anew): take it

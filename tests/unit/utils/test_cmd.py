@@ -422,8 +422,10 @@ ins.done()
 def test_a_stop_during_the_guides_logproc_reaches_the_child_and_waits_for_it(tmp_path, to_group):
     # The child is in a session of its own: a SIGTERM to the training script (or to its group)
     # never reached it. The script left as preempted and the child trained on, unwatched.
-    script = ("trap 'echo child got TERM; sleep 0.3; echo child done; exit 0' TERM; echo ready; "
-              "while :; do sleep 0.05; done")
+    # Now it gets the stop as the signal the Caffe hook names (SIGINT).
+    # The Caffe hooks name SIGINT as Caffe's stop signal (it snapshots and stops; SIGTERM kills it).
+    script = ("trap 'echo child got TERM; exit 9' TERM; trap 'echo child got INT; sleep 0.3; echo child done; exit 0' INT; "
+              "echo ready; while :; do sleep 0.05; done")
     wrapper = subprocess.Popen([sys.executable, "-c", GUIDE, script], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, env={**os.environ, "AVA_WORKSPACE": str(tmp_path)},
                                start_new_session=True)
@@ -439,7 +441,7 @@ def test_a_stop_during_the_guides_logproc_reaches_the_child_and_waits_for_it(tmp
         if wrapper.poll() is None:
             wrapper.kill()
             wrapper.wait()
-    assert b"child got TERM" in seen + out and b"child done" in seen + out, err
+    assert b"child got INT" in seen + out and b"child done" in seen + out, err
     assert b"after wait" not in out  # nobody checks should_stop(): it leaves once the child has
     assert wrapper.returncode == 143, err
     with pytest.raises(ProcessLookupError):
