@@ -87,7 +87,7 @@ def test_the_guides_caffe_snippet(tmp_path, lenet):
                          capture_output=True, text=True, timeout=300,
                          env={**os.environ, "AVA_WORKSPACE": str(ws), "AVA_TRAINING_INSTANCE_ID": "guide"})
     assert out.returncode == 0, out.stderr[-3000:]
-    check_run(ws, "guide", out.stderr, prefix)
+    check_run(ws, "guide", out.stdout, prefix)  # startproc merges Caffe's stderr into its stdout, as the old SDK did
     assert json.loads((ws / "storage" / "guide" / "snapshots" / "iter-00000200" / "MANIFEST.json").read_text())["meta"]["epoch"] == 2
 
 
@@ -118,7 +118,7 @@ def test_sigterm_makes_caffe_snapshot_and_the_run_preempted(tmp_path, lenet, how
                    caffe_binary(), "train", "-solver", str(solver)]
     else:
         command = [sys.executable, str(REPO / "examples" / "guide_caffe.py"), caffe_binary(), str(solver), "100"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err, text=True,
+    proc = subprocess.Popen(command, stdout=err, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "AVA_WORKSPACE": str(ws), "AVA_PREEMPT_TIMEOUT": "5",
                                  "AVA_TRAINING_INSTANCE_ID": "pre"})
     metrics = ws / "run" / "pre" / "logs" / "metrics.jsonl"
