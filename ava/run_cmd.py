@@ -112,7 +112,7 @@ def run(args: argparse.Namespace, env: Env) -> int:
             ins.done(err_msg=script.err_msg, exit_code=0)
         else:
             what = _how_it_ended(code)
-            detail = script.err_msg or tail.error_text()
+            detail = getattr(code, "reason", None) or script.err_msg or tail.error_text()
             ins.done(err_msg=f"{command[0]} {what}" + (f": {detail}" if detail else ""), exit_code=code)
     return code
 

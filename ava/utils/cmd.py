@@ -70,10 +70,12 @@ class ExitCode(int):
     """
 
     signal: int | None
+    reason: str | None  #: why the command could not even start ("command not found: X"), or None
 
-    def __new__(cls, code: int, signal: int | None = None) -> "ExitCode":
+    def __new__(cls, code: int, signal: int | None = None, reason: str | None = None) -> "ExitCode":
         obj = super().__new__(cls, code)
         obj.signal = signal
+        obj.reason = reason
         return obj
 
 
@@ -331,7 +333,7 @@ def run_and_forward(args: Args, log_hook: LogHook = None, *, echo: bool = True, 
         _log.warning("command %s was killed by %s; exit code %d", _program(args, popen_kwargs), _signame(-code),
                      128 - code)
         return ExitCode(128 - code, signal=-code)
-    return ExitCode(code)
+    return ExitCode(code, reason=getattr(proc, "reason", None) if isinstance(proc, NotStarted) else None)
 
 
 def runproc(args: Args, log_hook: LogHook = None, **kwargs: Any) -> int:

@@ -54,7 +54,10 @@ def test_missing_command_is_127_and_failed(ws):
     out = ava_run(ws, "--id", "nocmd", "--", "no-such-command-here")
     assert out.returncode == 127
     assert "command not found: no-such-command-here" in out.stderr
-    assert status(ws, "nocmd")["status"] == "failed"
+    doc = status(ws, "nocmd")
+    assert doc["status"] == "failed"
+    # the reason in the status too, not only "exited with code 127"
+    assert doc["err_msg"] == "no-such-command-here exited with code 127: command not found: no-such-command-here"
 
 
 def test_killed_child_reports_the_signal(ws):
