@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ava.errors import AvaError, UsageError
+from ava.utils import cmd
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,10 @@ class SnapshotHook:
             self._submit_waiting()
         for rec in records:
             if rec.get("event") == "snapshot" and rec.get("path"):
-                self.snapshot(Path(rec["path"]), rec.get("kind"), rec.get("step"))
+                path = Path(rec["path"])
+                if not path.is_absolute():  # relative to where the program runs, not to where we do
+                    path = Path(cmd.child_cwd() or os.getcwd()) / path
+                self.snapshot(path, rec.get("kind"), rec.get("step"))
 
     def snapshot(self, path: Path, kind: str | None, step: int | None) -> None:
         files = self._pending.setdefault(step, [])

@@ -231,8 +231,36 @@ def _leads_own_group(proc: subprocess.Popen[Any]) -> bool:
         return False
 
 
+_reading = threading.local()  # the child whose lines this thread's logproc is passing to hooks
+
+
+def child_cwd() -> str | None:
+    """The working directory of the child whose output :func:`logproc` is passing to the
+    calling hook (a relative path it prints is relative to that), while it runs, else the last
+    one seen; None outside a hook."""
+    proc = getattr(_reading, "proc", None)
+    if proc is None:
+        return None
+    try:
+        _reading.cwd = os.readlink(f"/proc/{proc.pid}/cwd")
+    except (OSError, TypeError):  # exited (its last lines are read after), or no /proc
+        pass
+    return getattr(_reading, "cwd", None)
+
+
 def _read(proc: subprocess.Popen[Any], hooks: HookList, echo: bool, prefix_stream: bool, max_line: int) -> None:
     """:func:`logproc`'s loop: read the pipes until they close (or the exit grace runs out)."""
+    outer = getattr(_reading, "proc", None), getattr(_reading, "cwd", None)
+    _reading.proc, _reading.cwd = proc, None
+    try:
+        child_cwd()  # seen at the start too: a child that exits fast still has its lines resolved
+        _read_pipes(proc, hooks, echo, prefix_stream, max_line)
+    finally:
+        _reading.proc, _reading.cwd = outer
+
+
+def _read_pipes(proc: subprocess.Popen[Any], hooks: HookList, echo: bool, prefix_stream: bool,
+                max_line: int) -> None:
     from ava.log.logger import run_log_handler  # ava.log sits above ava.utils: import on use
 
     handler = run_log_handler()
@@ -254,6 +282,7 @@ def _read(proc: subprocess.Popen[Any], hooks: HookList, echo: bool, prefix_strea
                 events = sel.select(_EXIT_POLL)
                 if not events or time.monotonic() >= next_poll:  # not a waitpid per read
                     next_poll = time.monotonic() + _EXIT_POLL
+                    child_cwd()  # kept fresh: lines read after the exit resolve against the last one
                     if proc.poll() is not None:
                         exited_at = time.monotonic()
             else:

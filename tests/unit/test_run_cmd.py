@@ -328,3 +328,22 @@ def test_a_joined_script_stopped_by_sigterm_leaves_the_run_preempted(ws, tmp_pat
     assert status(ws, "jstop")["status"] == "preempted"
     recs = list(iter_records(ws.root / "run" / "jstop" / "logs" / "metrics.jsonl"))
     assert [r["step"] for r in recs if r.get("name") == "loss"] == [0, 1, 2, 4]  # the step after the stop too
+
+
+def test_snapshot_paths_the_command_prints_relative_to_its_own_directory_are_found(ws, tmp_path):
+    # Caffe prints the snapshot_prefix as given: relative to where it runs. They were looked
+    # for relative to ava run's directory, never found, and the run still ended done.
+    work = tmp_path / "job"
+    work.mkdir()
+    script = (f"cd {work} && mkdir -p snaps && printf m > snaps/lenet_iter_50.caffemodel && "
+              "printf s > snaps/lenet_iter_50.solverstate && "
+              "echo 'I0124 12:20:27.100000 1 solver.cpp:454] Snapshotting to binary proto file "
+              "snaps/lenet_iter_50.caffemodel' && "
+              "echo 'I0124 12:20:27.200000 1 sgd_solver.cpp:273] Snapshotting solver state to binary proto file "
+              "snaps/lenet_iter_50.solverstate' && sleep 1")
+    out = ava_run(ws, "--parser", "caffe", "--id", "relsnap", "--", "sh", "-c", script)
+    assert out.returncode == 0, out.stderr
+    assert "do not exist" not in out.stderr, out.stderr
+    stored = ws.root / "storage" / "relsnap" / "snapshots" / "iter-00000050"
+    assert (stored / "lenet_iter_50.caffemodel").read_bytes() == b"m"
+    assert (stored / "lenet_iter_50.solverstate").read_bytes() == b"s"
