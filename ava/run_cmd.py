@@ -75,6 +75,10 @@ def run(args: argparse.Namespace, env: Env) -> int:
         if not Path(f).is_file():  # every snapshot would wait for it, and none would be confirmed
             raise UsageError(f"--snapshot-file {f}: no such file")
     ins = train.TrainInstance(args.id, env=env)
+    if regex is not None and regex.counted:  # a resumed instance: its counted steps go on, not from 0
+        last = ins.resume_info(download=False).step
+        if last is not None:
+            regex.continue_after(last)
     hooks: list[Any] = []
     snapshots = None
     if args.parser != "none":

@@ -6,8 +6,9 @@ counting a group named ``step``) is the value, and a group named ``step`` sets t
 without a ``step`` group match takes the last step any spec captured on an earlier line, so
 ``--metric "loss=Iteration (?P<step>\d+), loss = (\S+)"`` feeds the step to the other specs
 (0 before the first one is captured). When no spec has a ``step`` group, the step counts the
-lines that held a metric (0, 1, 2, ...: the values of one line share a step), so every record
-has a step, as CONTRACT.md section 5 wants, and plots have an x axis.
+lines that held a metric (0, 1, 2, ...: the values of one line share a step; ``ava run`` on an
+instance that ran before counts on from its last step), so every record has a step, as
+CONTRACT.md section 5 wants, and plots have an x axis.
 Every record has phase ``train``: the phase is where a value was printed, and a regex cannot tell.
 
 Example:
@@ -133,6 +134,16 @@ class RegexParser:
                 raise UsageError(f"metric spec {spec!r} has no capture group for the value; write e.g. {name}=: (\\S+)")
             compiled.append((name, pattern))
         return cls(compiled)
+
+    @property
+    def counted(self) -> bool:
+        """No spec has a ``step`` group: steps count the lines that held a metric."""
+        return self._counted
+
+    def continue_after(self, step: int) -> None:
+        """Count on from ``step`` (the last step of an earlier attempt of the same instance)."""
+        if self._counted:
+            self._step = max(self._step, int(step))
 
     def parse_line(self, line: str) -> list[Record]:
         """Records for every spec whose regex matches ``line``; non-numeric captures are skipped."""

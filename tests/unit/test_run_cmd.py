@@ -347,3 +347,12 @@ def test_snapshot_paths_the_command_prints_relative_to_its_own_directory_are_fou
     stored = ws.root / "storage" / "relsnap" / "snapshots" / "iter-00000050"
     assert (stored / "lenet_iter_50.caffemodel").read_bytes() == b"m"
     assert (stored / "lenet_iter_50.solverstate").read_bytes() == b"s"
+
+
+def test_counted_regex_steps_go_on_when_the_instance_runs_again(ws):
+    for _ in range(2):  # steps were 0, 1, 2 and again 0, 1, 2 within one instance
+        out = ava_run(ws, "--id", "cnt", "--metric", r"loss=loss: ([0-9.]+)", "--", "sh", "-c",
+                      "for i in 1 2 3; do echo loss: 0.$i; done")
+        assert out.returncode == 0, out.stderr
+    recs = list(iter_records(ws.root / "run" / "cnt" / "logs" / "metrics.jsonl"))
+    assert [r["step"] for r in recs if r.get("name") == "loss"] == [0, 1, 2, 3, 4, 5]
