@@ -5,9 +5,9 @@ log parser turns it into metric records, the snapshots it announces are uploaded
 background, and the instance's status follows CMD's exit code (``failed`` with the last error
 lines when it is not 0). ``ava run`` exits with CMD's code.
 
-SIGTERM or SIGINT to ``ava run`` is passed to CMD's process group (``--stop-signal`` chooses
-what CMD gets; with ``--parser caffe`` it is SIGINT, on which Caffe writes a snapshot and
-stops); the snapshot is uploaded within ``AVA_PREEMPT_TIMEOUT``, the status becomes
+SIGTERM, SIGINT or SIGHUP (a closed terminal) to ``ava run`` is passed to CMD's process group
+(``--stop-signal`` chooses what CMD gets; with ``--parser caffe`` it is SIGINT, on which Caffe
+writes a snapshot and stops); the snapshot is uploaded within ``AVA_PREEMPT_TIMEOUT``, the status becomes
 ``preempted`` and ``ava run`` exits with 128 + the signal's number. A second signal kills CMD
 and exits at once.
 
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace, env: Env) -> int:
     tail = _Tail()
     hooks.append(tail)
     stop = args.stop_signal or ("INT" if args.parser == "caffe" else None)
-    signal_map = {signal.SIGTERM: _signum(stop), signal.SIGINT: _signum(stop)} if stop else None
+    signal_map = {sig: _signum(stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)} if stop else None
     # A TrainInstance() in CMD (a guide-style script) joins this instance: ava.train.attached.
     script = _ScriptEnd()
     listener = ChildListener(ins.log_metrics, ins.log_event, save_snapshot=_snapshot_saver(ins), finish=script)

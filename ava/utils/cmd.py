@@ -6,7 +6,7 @@ which go to stderr); ``stderr=subprocess.PIPE`` keeps them apart. :func:`logproc
 at once until they close: each chunk goes to the console as the child wrote it (its stdout to
 ours, its stderr to ours) and to run.log (when :func:`ava.log.logger.initialize_logger` set one
 up), each line, as ``str`` without its terminator, to the hooks. While it reads on the main
-thread, SIGTERM and SIGINT are forwarded to the child's group (the child is in a group of its
+thread, SIGTERM, SIGINT and SIGHUP are forwarded to the child's group (the child is in a group of its
 own, so a signal to this process or its group would not reach it) and recorded as the stop
 request: the child stops, :func:`logproc` returns, and a training instance finishes as
 ``preempted``. :func:`runproc` (the old name) and :func:`run_and_forward` do both and wait, with
@@ -50,7 +50,7 @@ MAX_LINE = 1 << 20  #: the default cap on one line, in bytes (see LineSplitter)
 EXIT_GRACE = 2.0
 _EXIT_POLL = 0.5  # how often the read loop checks whether the child has exited
 _PIPE_SIZE = READ_SIZE  # fewer, larger reads and fewer wake-ups of the writer (Linux caps this)
-_FORWARDED = (signal.SIGTERM, signal.SIGINT)
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # SIGHUP: the terminal or ssh session went away
 
 __all__ = ["Hook", "LogHook", "NotStarted", "logproc", "run_and_forward", "runproc", "startproc"]
 
@@ -162,7 +162,7 @@ def logproc(proc: subprocess.Popen[Any], log_hook: LogHook = None, *, echo: bool
     """Read the child's stdout and stderr until both close, passing every line on.
 
     On the main thread, with ``forward_signals`` and a child that leads its own process group
-    (as :func:`startproc` starts it), SIGTERM and SIGINT are forwarded to the child's group while
+    (as :func:`startproc` starts it), SIGTERM, SIGINT and SIGHUP are forwarded to the child's group while
     this reads, instead of stopping this process (as the signal a hook names in its
     ``stop_signal``, if one does: the Caffe hooks name SIGINT, on which Caffe snapshots and
     stops, where SIGTERM would kill it): the first is recorded as the stop request
@@ -331,7 +331,7 @@ def run_and_forward(args: Args, log_hook: LogHook = None, *, echo: bool = True, 
                     **popen_kwargs: Any) -> int:
     """Run ``args`` to the end with :func:`startproc` and :func:`logproc`; return its exit code.
 
-    While the child runs (and only when called on the main thread), SIGTERM and SIGINT sent to
+    While the child runs (and only when called on the main thread), SIGTERM, SIGINT and SIGHUP sent to
     us are forwarded to the child's process group instead of stopping us; the previous handlers
     are restored afterwards. The first such signal is also recorded as this process's stop
     request (:data:`ava.utils.preempt.STOP`: a training instance then finishes as ``preempted``);
@@ -374,7 +374,7 @@ def runproc(args: Args, log_hook: LogHook = None, **kwargs: Any) -> int:
 
 
 class _Forwarder:
-    """While the child runs, SIGTERM and SIGINT go to its process group instead of stopping us."""
+    """While the child runs, SIGTERM, SIGINT and SIGHUP go to its process group instead of stopping us."""
 
     def __init__(self, signal_map: dict[int, int] | None = None, kill_after: float | None = None) -> None:
         self.proc: subprocess.Popen[Any] | None = None

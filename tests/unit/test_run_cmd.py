@@ -356,3 +356,25 @@ def test_counted_regex_steps_go_on_when_the_instance_runs_again(ws):
         assert out.returncode == 0, out.stderr
     recs = list(iter_records(ws.root / "run" / "cnt" / "logs" / "metrics.jsonl"))
     assert [r["step"] for r in recs if r.get("name") == "loss"] == [0, 1, 2, 3, 4, 5]
+
+
+def test_sighup_to_ava_run_stops_the_command_and_the_run_is_preempted(ws):
+    # The terminal or ssh session closing: ava run died of it, the command ran on unwatched and
+    # the status stayed "running".
+    from tests.unit.utils.test_cmd import wait_for_output
+
+    wrapper = subprocess.Popen([sys.executable, "-m", "ava", "run", "--id", "hup", "--", "sh", "-c",
+                                "trap 'echo got HUP; exit 0' HUP; echo ready; while :; do sleep 0.05; done"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**__import__("os").environ, "AVA_WORKSPACE": str(ws.root)})
+    try:
+        wait_for_output(wrapper, b"ready\n")
+        wrapper.send_signal(__import__("signal").SIGHUP)
+        out, err = wrapper.communicate(timeout=60)
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+            wrapper.wait()
+    assert b"got HUP" in out and wrapper.returncode == 129, err
+    doc = status(ws, "hup")
+    assert doc["status"] == "preempted" and doc["exit_code"] == 129 and "SIGHUP" in doc["err_msg"]

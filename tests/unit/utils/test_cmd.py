@@ -386,6 +386,9 @@ def wait_for_output(proc: subprocess.Popen, text: bytes, timeout: float = 30) ->
         (signal.SIGINT, "trap 'echo child got INT; exit 5' INT; echo ready; while :; do sleep 0.05; done", 5,
          b"child got INT"),
         (signal.SIGINT, "echo ready; exec sleep 30", 130, b""),
+        # a closed terminal: the child, in a session of its own, never got it
+        (signal.SIGHUP, "trap 'echo child got HUP; exit 6' HUP; echo ready; while :; do sleep 0.05; done", 6,
+         b"child got HUP"),
     ],
 )
 def test_signals_to_the_wrapper_are_forwarded_to_the_child_group(sig, script, expected, said):
