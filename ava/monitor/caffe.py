@@ -23,7 +23,8 @@ What it reads (after the glog prefix ``I0512 10:11:12.123456  1234 file.cpp:228]
   ``stopped`` (``Optimization stopped early.``), ``test_interrupted``. An event identical to one
   already reported since the last metric is dropped: caffe.cpp and solver.cpp both print
   ``Optimization Done.``, each GPU thread prints ``Solving``, ``Resuming from X`` is followed
-  by ``Restoring previous solver status from X``.
+  by ``Restoring previous solver status from X``; and ``Optimization Done.`` right after a
+  stop is no ``done`` (caffe.cpp prints it after ``Optimization stopped early.`` too).
 - Ignored: W/E/F lines, stack traces, prototxt dumps, anything else.
 
 Multi-GPU logs interleave threads: the iteration and the test being printed are kept per thread
@@ -319,7 +320,10 @@ class CaffeLogParser:
             return self._event(ts, self._iter.get(tid, self._last_iter), "start", net_name=msg[8:].strip())
         for start, name in _EVENTS.items():
             if msg.startswith(start):
-                return self._event(ts, self._iter.get(tid, self._last_iter), name)
+                step = self._iter.get(tid, self._last_iter)
+                if name == "done" and (step, "stopped") in self._events_since_metric:
+                    return []  # caffe.cpp says "Optimization Done." after a stop too: it is not done
+                return self._event(ts, step, name)
         return []
 
     # -- line kinds -----------------------------------------------------------------------
