@@ -130,9 +130,11 @@ def test_garbage_file_never_raises(tmp_path):
 def test_memory_is_flat_in_the_log_length(tmp_path):
     path = one_log(CAFFE_LOGS, "13_ssd2019_detection_eval_full.log")
     data = path.read_bytes()
-    small, large = tmp_path / "x8.log", tmp_path / "x40.log"  # 1.9 MB and 9.3 MB: blocks are 1 MiB
-    small.write_bytes(data * 8)
-    large.write_bytes(data * 40)
+    # 4.7 MB and 18.6 MB: blocks are 1 MiB, so both are many blocks long (a log of two blocks, one
+    # of them short, peaked lower than any long log and made the ratio depend on test order).
+    small, large = tmp_path / "x20.log", tmp_path / "x80.log"
+    small.write_bytes(data * 20)
+    large.write_bytes(data * 80)
 
     def peak(p: Path, fmt: str) -> int:
         tracemalloc.start()
