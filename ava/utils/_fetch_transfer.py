@@ -9,6 +9,7 @@ import collections
 import concurrent.futures
 import errno
 import hashlib
+import logging
 import os
 import re
 import ssl
@@ -24,6 +25,8 @@ from tornado.httputil import HTTPHeaders
 from ava.errors import StorageError
 from ava.utils._fetch_names import redact
 from ava.utils.fileio import new_file_mode
+
+log = logging.getLogger("ava.utils.fetcher")
 
 ProgressCallback = Callable[[int, "int | None"], None]
 
@@ -211,7 +214,16 @@ class _Transfer:
         self.offset = 0
         self.verifier.reset()
         if self.progress:
-            self.progress(0, self.total)
+            self._report(0)
+
+    def _report(self, done: int) -> None:
+        """Tell the progress callback; one that raises is said once and dropped, never the download."""
+        try:
+            self.progress(done, self.total)  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001 - the caller's callback
+            log.warning("progress callback %r failed (%s: %s); the download goes on without it (it is called "
+                        "as callback(bytes_done, total_bytes_or_None))", self.progress, type(exc).__name__, exc)
+            self.progress = None
 
     def accept(self, code: int, h: HTTPHeaders) -> None:
         """Decide from the status and headers whether the body goes into the file."""
@@ -256,7 +268,7 @@ class _Transfer:
         self.offset += len(data)
         self.verifier.filled(data)
         if self.progress:
-            self.progress(self.offset, self.total)
+            self._report(self.offset)
 
     def disk_error(self, url: str) -> StorageError:
         exc = self.write_error

@@ -140,6 +140,15 @@ def test_a_sync_fetcher_works_inside_a_running_loop(srv, fetcher):
 
 
 # --- fetch_huge_file ----------------------------------------------------------------------
+def test_a_progress_callback_that_raises_is_dropped_and_the_download_goes_on(srv, fetcher, tmp_path, caplog):
+    # A one-argument callback (progress(fraction)) failed the whole download: nothing was written.
+    calls = []
+    out = fetcher.fetch_huge_file(srv.url_for("a.bin"), tmp_path / "a.bin", progress_callback=lambda f: calls.append(f))
+    assert out.read_bytes() == (srv.root / "a.bin").read_bytes()
+    said = [r.getMessage() for r in caplog.records if "progress callback" in r.getMessage()]
+    assert len(said) == 1 and "callback(bytes_done, total_bytes_or_None)" in said[0] and calls == []
+
+
 def test_small_download_with_progress(srv, fetcher, tmp_path):
     seen = []
     out = fetcher.fetch_huge_file(srv.url_for("a.bin"), tmp_path / "out" / "a.bin",
