@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ava.errors import UsageError
+from ava.train.status import STATUS_CRASHED, process_gone
 from ava.workspace import Workspace
 
 _LOSS_NAMES = ("loss", "smoothed_loss", "train_loss")
@@ -90,7 +91,11 @@ def summarize(run_dir: Path) -> RunSummary:
     if not isinstance(doc, dict):  # valid JSON, but not a status document
         doc = {}
     start, stop = _parse_time(doc.get("start_time")), _parse_time(doc.get("stop_time"))
-    if start is not None and stop is None and doc.get("status") == "running":
+    if doc.get("status") == "running" and process_gone(doc):
+        # Killed without a word (SIGKILL, out of memory): not running, and its duration unknown.
+        # The next start of the instance records it as crashed.
+        doc = dict(doc, status=STATUS_CRASHED)
+    elif start is not None and stop is None and doc.get("status") == "running":
         stop = _dt.datetime.now(_dt.timezone.utc)
     last_step = last_loss = None
     files = metrics_files(run_dir)

@@ -31,6 +31,23 @@ STATUS_CRASHED = "crashed"
 FINAL_STATUSES = (STATUS_DONE, STATUS_FAILED, STATUS_PREEMPTED)
 
 
+def process_gone(doc: dict[str, Any]) -> bool:
+    """True when the process a status names ran on this machine, in this boot, and has exited
+    (a ``running`` status it left is then a crash); False when that cannot be told."""
+    pid = doc.get("pid")
+    if type(pid) is not int or pid <= 0 or doc.get("host") != socket.gethostname():
+        return False
+    if doc.get("boot_id") != boot_id():
+        return doc.get("boot_id") is not None and boot_id() is not None  # a reboot since: gone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
+
+
 def boot_id() -> str | None:
     """This machine's boot id (Linux): with host and pid it names one process of one boot."""
     try:

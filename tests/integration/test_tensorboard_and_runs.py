@@ -88,6 +88,26 @@ def test_runs_show_and_plot_keep_two_caffe_test_nets_apart(ws, monkeypatch, caps
     assert "plotted 2 metrics" in shown
 
 
+def test_runs_list_shows_a_run_killed_without_a_word_as_crashed(ws, monkeypatch, capsys):
+    # It showed "running" with a duration growing for ever, until the id was opened again.
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("AVA_WORKSPACE", str(ws.root))
+    code = (f"import os; from ava.train import base as train; "
+            f"ins = train.TrainInstance('killed', workspace={str(ws.root)!r}, setup_logging=False); "
+            f"ins.log_metrics({{'loss': 1.0}}, step=1); ins.flush_metrics(); os.kill(os.getpid(), 9)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == -9
+    live = train.TrainInstance("alive", setup_logging=False)  # this process: still running
+    try:
+        assert main(["runs", "list"]) == 0
+        rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[1:]}
+        assert rows["killed"][1] == "crashed" and rows["killed"][3] == "-"
+        assert rows["alive"][1] == "running"
+    finally:
+        live.done()
+
+
 def test_runs_list_show_and_plot(ws, monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("AVA_WORKSPACE", str(ws.root))
     ins = train.TrainInstance("curves", setup_logging=False)
