@@ -124,11 +124,12 @@ def cmd_upload(args: argparse.Namespace, env: Env) -> int:
         if src.is_dir():
             from ava.storage.tree import local_files, upload_tree
 
-            progress.set_total(sum(p.stat().st_size for p, _ in local_files(src)))
+            files = local_files(src)  # once: what it leaves out is said once
+            progress.set_total(sum(p.stat().st_size for p, _ in files))
 
             def run() -> tuple[int, int]:
                 infos = upload_tree(src, url, parallelism=args.parallel, storage=store,
-                                    on_file=lambda _u, n: progress.add(n))
+                                    on_file=lambda _u, n: progress.add(n), files=files)
                 return len(infos), sum(i.size for i in infos)
         else:
             def run() -> tuple[int, int]:

@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -59,12 +60,20 @@ def local_files(local_dir: Path) -> list[tuple[Path, str]]:
             if path.is_file():
                 out.append((path, path.relative_to(local_dir).as_posix()))
             else:
-                why = "a dangling link" if path.is_symlink() and not path.exists() else "not a regular file"
-                skipped.append(f"{path.relative_to(local_dir).as_posix()} ({why})")
+                skipped.append(f"{path.relative_to(local_dir).as_posix()} ({_why_not_a_file(path)})")
     if skipped:
         log.warning("%s: left out %d: %s%s", local_dir, len(skipped), ", ".join(skipped[:5]),
                     " ..." if len(skipped) > 5 else "")
     return out
+
+
+def _why_not_a_file(path: Path) -> str:
+    if path.is_symlink():
+        try:
+            os.stat(path)
+        except OSError as exc:
+            return "a link loop" if exc.errno == errno.ELOOP else "a dangling link"
+    return "not a regular file"
 
 
 def _run_parallel(jobs: Iterable[Callable[[], T]], parallelism: int) -> list[T]:
@@ -92,7 +101,7 @@ def _run_parallel(jobs: Iterable[Callable[[], T]], parallelism: int) -> list[T]:
 
 
 def upload_tree(local_dir: str | Path, url: str, parallelism: int = 8, *, storage: Storage | None = None,
-                on_file: OnFile | None = None) -> list[ObjectInfo]:
+                on_file: OnFile | None = None, files: list[tuple[Path, str]] | None = None) -> list[ObjectInfo]:
     """Upload every file under ``local_dir`` to ``url/<relative path>``, ``parallelism`` at a time.
 
     Args:
@@ -101,6 +110,8 @@ def upload_tree(local_dir: str | Path, url: str, parallelism: int = 8, *, storag
         parallelism: how many files move at once.
         storage: the backend; by default the one for ``url``'s scheme.
         on_file: called with (URL, size) after each file.
+        files: what :func:`local_files` gave for ``local_dir``, when the caller has it already
+            (what it leaves out is then said once).
 
     Returns:
         What was stored, one entry per file, in the order of the sorted relative paths.
@@ -120,7 +131,8 @@ def upload_tree(local_dir: str | Path, url: str, parallelism: int = 8, *, storag
             return info
         return run
 
-    files = local_files(local_dir)
+    if files is None:
+        files = local_files(local_dir)
     infos = _run_parallel((job(p, k) for p, k in files), parallelism)
     log.debug("uploaded %d files from %s to %s", len(infos), local_dir, url)
     return infos

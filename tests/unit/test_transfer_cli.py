@@ -66,6 +66,18 @@ def test_upload_and_fetch_a_tree(ava, tmp_path):
     assert (tmp_path / "back/sub/b.txt").read_text() == "bbb"
 
 
+def test_upload_of_a_tree_says_what_it_leaves_out_once_and_names_a_link_loop(ava, tmp_path, caplog):
+    src = tmp_path / "out"
+    src.mkdir()
+    (src / "a.txt").write_text("aa")
+    (src / "self").symlink_to(src / "self")  # a link to itself
+    with caplog.at_level("WARNING", logger="ava.storage.tree"):
+        code, out, _ = ava("upload", str(src), f"file://{tmp_path}/store/run1")
+    assert code == 0 and summary(out).group(2) == "1"
+    said = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert said == [f"{src}: left out 1: self (a link loop)"]  # was said twice, and called a dangling link
+
+
 def test_bad_input_exits_2_with_one_line(ava, tmp_path):
     code, _, err = ava("upload", str(tmp_path / "absent"), f"file://{tmp_path}/store/x")
     assert code == 2 and "no such file or directory" in err and err.count("\n") == 1
