@@ -33,6 +33,8 @@ def _cmd_init(args: argparse.Namespace, env: Env) -> int:
     # As everything else finds it: AVA_WORKSPACE, else the platform's /workspace, else ./workspace.
     platform_root = DEFAULT_WORKSPACE if Path(DEFAULT_WORKSPACE).is_dir() else None
     root = args.dir or env.workspace_override or platform_root or "workspace"
+    if args.dir and Path(args.dir).exists() and not Path(args.dir).is_dir():
+        raise UsageError(f"ava init {args.dir}: {args.dir} is a file, not a directory; give a directory")
     ws = Workspace(root)
     written = ws.init()
     kept = "" if written else " (every template file was already there; nothing overwritten)"
@@ -59,7 +61,9 @@ def _cmd_params_get(args: argparse.Namespace, env: Env) -> int:
         try:
             value = p.get_value(args.key, is_required=True)
         except ParamsKeyError as exc:
-            raise UsageError(f"key {args.key!r} is missing from {exc.path}; pass --default V to print V instead") from None
+            where = f"{exc.path}" if exc.path is None or Path(exc.path).exists() else \
+                f"{exc.path}, which does not exist (is AVA_WORKSPACE right?)"
+            raise UsageError(f"key {args.key!r} is missing from {where}; pass --default V to print V instead") from None
     print(_as_json(value))
     return EXIT_OK
 
@@ -109,7 +113,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub.required = True
 
     p_init = sub.add_parser("init", help="create a workspace from the template")
-    p_init.add_argument("dir", nargs="?", help="where (default: $AVA_WORKSPACE, else ./workspace)")
+    p_init.add_argument("dir", nargs="?", help="where (default: $AVA_WORKSPACE, else /workspace if it exists, else ./workspace)")
     p_init.set_defaults(func=_cmd_init)
 
     p_params = sub.add_parser("params", help="read hyper-parameters")

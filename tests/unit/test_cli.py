@@ -19,6 +19,18 @@ def test_init_then_params_get(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.strip() == "true"
 
 
+def test_params_get_from_a_workspace_that_does_not_exist_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("AVA_WORKSPACE", str(tmp_path / "typo"))
+    assert main(["params", "get", "solverOps.lr"]) == 2
+    assert "default.json, which does not exist (is AVA_WORKSPACE right?)" in capsys.readouterr().err
+
+
+def test_init_of_a_file_names_the_argument(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    assert main(["init", str(tmp_path / "f")]) == 2
+    assert capsys.readouterr().err.strip() == f"ava: ava init {tmp_path / 'f'}: {tmp_path / 'f'} is a file, not a directory; give a directory"
+
+
 def test_init_into_a_directory_argument_twice(tmp_path, capsys):
     assert main(["init", str(tmp_path / "w")]) == 0
     assert main(["init", str(tmp_path / "w")]) == 0
