@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ava.env import Env
-from ava.errors import AvaError, ConfigError, InstanceError, UsageError
+from ava.errors import AvaError, ConfigError, InstanceError, InstanceIdError, UsageError
 from ava.log.logger import initialize_logger
 from ava.metrics.sinks.base import Sink
 from ava.metrics.sinks.http import HttpSink
@@ -128,6 +128,11 @@ class TrainInstance(Finishing):
             self.workspace = Workspace.discover(self._env)
         self.workspace.ensure()
         explicit = training_ins_id if training_ins_id is not None else self._env.training_instance_id
+        if training_ins_id is None and explicit is not None:
+            try:
+                check_instance_id(explicit)
+            except InstanceIdError as exc:  # say where the id came from
+                raise InstanceIdError(f"AVA_TRAINING_INSTANCE_ID: {exc}") from None
         self.rank = self._env.rank if rank is None else int(rank)
         if rank is None and self._env.rank_source is None:
             # No launcher variables (mp.spawn): the process group, when there is one, knows.

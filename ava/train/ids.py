@@ -34,8 +34,8 @@ def check_instance_id(instance_id: Any) -> str:
         raise InstanceIdError(f"training instance id must be a string, got {instance_id!r}")
     if not ID_RE.match(instance_id) or ".." in instance_id:
         raise InstanceIdError(
-            f"training instance id {instance_id!r} is not usable as a directory name; use letters, digits, "
-            "'.', '_' and '-' (no '/' or '..'), at most 128 characters"
+            f"training instance id {instance_id!r} is not usable as a directory name; use a letter or digit, "
+            "then letters, digits, '.', '_' and '-' (no '/' or '..'), at most 128 characters"
         )
     return instance_id
 

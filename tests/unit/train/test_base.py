@@ -390,3 +390,12 @@ def test_save_snapshot_takes_one_file_alone_and_its_event_has_no_name(ws):
     (event,) = [r for r in iter_records(ins.metrics_path) if r.get("event") == "snapshot"]
     # CONTRACT.md: events carry no name/value (a reader skipping "event" records may still key on name).
     assert "name" not in event and event["snapshot"] == "s1" and event["files"] == [str(f)]
+
+
+def test_a_bad_id_from_the_environment_names_the_variable(ws):
+    from ava.errors import InstanceIdError
+
+    with pytest.raises(InstanceIdError, match=r"^AVA_TRAINING_INSTANCE_ID: training instance id 'a/b'"):
+        train.TrainInstance(workspace=ws.root, setup_logging=False, env={"AVA_TRAINING_INSTANCE_ID": "a/b"})
+    with pytest.raises(InstanceIdError, match="use a letter or digit, then"):  # '-' alone: the rule says why
+        train.TrainInstance("-", workspace=ws.root, setup_logging=False)
