@@ -95,6 +95,9 @@ class Finishing:
             return
         with self._done_lock:
             if self._status_doc is None or self._status_doc.get("status") in FINAL_STATUSES:
+                if err_msg and self._status_doc is not None:  # a failure found after the end: not silently lost
+                    log.warning("instance %s is %s already; done(err_msg=%r) changes nothing (call done() once, "
+                                "at the end)", self.training_ins_id, self._status_doc.get("status"), str(err_msg)[:200])
                 return
             for hook in self._before_done:
                 try:

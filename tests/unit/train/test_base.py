@@ -399,3 +399,11 @@ def test_a_bad_id_from_the_environment_names_the_variable(ws):
         train.TrainInstance(workspace=ws.root, setup_logging=False, env={"AVA_TRAINING_INSTANCE_ID": "a/b"})
     with pytest.raises(InstanceIdError, match="use a letter or digit, then"):  # '-' alone: the rule says why
         train.TrainInstance("-", workspace=ws.root, setup_logging=False)
+
+
+def test_a_failure_reported_after_done_is_said_not_dropped(ws, caplog):
+    ins = train.TrainInstance("late", workspace=ws.root, setup_logging=False)
+    ins.done()
+    ins.done(err_msg="late failure")
+    assert ins.status == "done"
+    assert any("done(err_msg='late failure') changes nothing" in r.getMessage() for r in caplog.records)
