@@ -108,5 +108,9 @@ class StorageURLError(StorageError, UsageError):
     """A storage URL of the wrong shape (no bucket, no key, a relative path): bad input."""
 
 
+class CredentialsError(StorageError, ConfigError):
+    """A storage backend has no credentials to use: a setting to make, not a failure to retry."""
+
+
 class ObjectNotFoundError(StorageError, FileNotFoundError):
     """No object (or file) at that storage URL."""

@@ -53,7 +53,7 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 from ava.env import AVA_ACCESS_KEY, AVA_SECRET_KEY, Env
-from ava.errors import AvaError, ObjectNotFoundError, StorageError, UsageError
+from ava.errors import AvaError, CredentialsError, ObjectNotFoundError, StorageError, UsageError
 from ava.log.redact import redact, register_secret
 from ava.storage.base import ObjectInfo, Storage, split_bucket_url, split_object_url, upload_source
 from ava.utils.fileio import atomic_write_text, fsync_dir, new_file_mode, os_reason
@@ -235,7 +235,7 @@ class QiniuStorage(Storage):
             ak, sk = ak or env_ak, sk or env_sk
         if not (ak and sk):
             where = config_dir / "user" if config_dir else "config/user in the workspace"
-            raise StorageError(f"no Qiniu credentials for {url}: set {AVA_ACCESS_KEY} and {AVA_SECRET_KEY}, "
+            raise CredentialsError(f"no Qiniu credentials for {url}: set {AVA_ACCESS_KEY} and {AVA_SECRET_KEY}, "
                                f"or put \"key\" and \"secret\" in {where}")
         register_secret(sk)
         _sdk_tls(self.tls_verify)

@@ -78,6 +78,17 @@ def test_upload_of_a_tree_says_what_it_leaves_out_once_and_names_a_link_loop(ava
     assert said == [f"{src}: left out 1: self (a link loop)"]  # was said twice, and called a dangling link
 
 
+def test_qiniu_without_credentials_is_a_setting_to_make_exit_2(ava, tmp_path, monkeypatch):
+    pytest.importorskip("qiniu")
+    for name in ("AVA_ACCESS_KEY", "AVA_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AVA_WORKSPACE", str(tmp_path / "ws"))
+    (tmp_path / "a.txt").write_text("a")
+    code, _, err = ava("upload", str(tmp_path / "a.txt"), "qiniu://bkt/a.txt")
+    assert code == 2  # was 1, as for a failure to retry
+    assert err.strip().startswith("ava: no Qiniu credentials for qiniu://bkt/a.txt: set AVA_ACCESS_KEY")
+
+
 def test_bad_input_exits_2_with_one_line(ava, tmp_path):
     code, _, err = ava("upload", str(tmp_path / "absent"), f"file://{tmp_path}/store/x")
     assert code == 2 and "no such file or directory" in err and err.count("\n") == 1
