@@ -150,6 +150,9 @@ def initialize_console_logger(env: Env | None = None, default_level: str = "WARN
         return None
     level, problem = _level_of(env, default_level)
     handler = console_handler(level, logging.Formatter(CONSOLE_FORMAT))
+    if level > logging.DEBUG:  # the HTTP library's own retries (under the qiniu SDK): ava says the outcome
+        handler.addFilter(lambda r: not (r.name == "urllib3.connectionpool" and r.levelno == logging.WARNING
+                                         and str(r.msg).startswith("Retrying")))
     root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > level:
         root.setLevel(level)

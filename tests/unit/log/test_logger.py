@@ -332,3 +332,19 @@ print("finished")
     assert res.returncode == 0 and res.stdout.strip() == "finished", res.stderr[-2000:]
     text = (tmp_path / "run.log").read_text()
     assert "got SIGUSR1" in text and "first" in text
+
+
+def test_the_cli_console_leaves_out_the_http_librarys_own_retry_warnings(capsys):
+    # Nine "Retrying (Retry(total=...))" lines from urllib3 (under the qiniu SDK) came before ava's one line.
+    from ava.env import Env
+    from ava.log.logger import initialize_console_logger
+
+    handler = initialize_console_logger(Env({}))
+    try:
+        logging.getLogger("urllib3.connectionpool").warning("Retrying (%r) after connection broken by '%s': /", 3, "x")
+        logging.getLogger("urllib3.connectionpool").warning("Connection pool is full, discarding connection")
+        logging.getLogger("ava.storage.qiniu").warning("upload failed")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    err = capsys.readouterr().err
+    assert "Retrying" not in err and "Connection pool is full" in err and "upload failed" in err
