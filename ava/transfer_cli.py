@@ -110,7 +110,7 @@ def _not_found(exc: ObjectNotFoundError) -> UsageError:
 
 # --- upload -----------------------------------------------------------------------------
 def cmd_upload(args: argparse.Namespace, env: Env) -> int:
-    from ava.storage.registry import get_storage
+    from ava.storage.registry import check_storage_url, get_storage
 
     _check_parallel(args)
     src, url = Path(args.src), args.url
@@ -118,6 +118,7 @@ def cmd_upload(args: argparse.Namespace, env: Env) -> int:
         raise UsageError(f"cannot upload {src}: no such file or directory")
     store = get_storage(url)  # an unknown scheme is a UsageError naming the known ones
     if url.endswith("/"):  # a file or a folder goes in under its own name ("ava upload run1 s3://b/runs/")
+        check_storage_url(url)  # "s3://" names no bucket: said of the URL given, not of "s3://<name>"
         url += Path(os.path.abspath(src)).name
     progress = _Progress(_show_bar(args), "upload")
     try:

@@ -94,6 +94,8 @@ def test_bad_input_exits_2_with_one_line(ava, tmp_path):
     assert code == 2 and "no such file or directory" in err and err.count("\n") == 1
     code, _, err = ava("upload", __file__, "ftp://host/x")
     assert code == 2 and "unknown storage scheme 'ftp'" in err and "known: " in err and "file" in err
+    code, _, err = ava("upload", __file__, "s3://")  # was said of 's3://test_transfer_cli.py', a URL never typed
+    assert code == 2 and err.strip() == "ava: 's3://' names no bucket; write s3://bucket/key"
     code, _, err = ava("fetch", "ftp://host/x", str(tmp_path / "x"))
     assert code == 2 and "unknown storage scheme 'ftp'" in err
     code, _, err = ava("fetch", f"file://{tmp_path}/store/nothing", str(tmp_path / "x"))
