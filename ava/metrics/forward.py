@@ -71,6 +71,10 @@ def _encode(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
+class HolderGone(MetricsError):
+    """The process that records for this one (the parent, or ``ava run``) has stopped taking records."""
+
+
 class ChildForwarder:
     """``log_metrics``/``log_event`` of an instance inside a forked child (see the module doc).
 
@@ -97,11 +101,13 @@ class ChildForwarder:
                     self._sock = sock
                 self._sock.send(data)  # waits while the parent's socket is full, at most SEND_TIMEOUT
             except socket.timeout:
-                raise MetricsError(f"the parent process has not taken a record from this forked child for "
-                                   f"{SEND_TIMEOUT:.0f} s (it is stuck, or has finished); this one is dropped") from None
+                raise HolderGone(f"the process that records for this one (its parent, or ava run) has not taken a "
+                                 f"record for {SEND_TIMEOUT:.0f} s (it is stuck, or has finished); this one is "
+                                 "dropped") from None
             except OSError as exc:  # the parent's listener is gone: it called done(), or died
-                raise MetricsError(f"the training instance of the parent process is finished (or the parent died): "
-                                   f"a record from this forked child is dropped ({exc.strerror or exc})") from None
+                raise HolderGone(f"the training instance of the process that records for this one (its parent, or "
+                                 f"ava run) is finished, or that process died: a record is dropped "
+                                 f"({exc.strerror or exc})") from None
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, epoch: int | None = None,
                     batch: int | None = None, phase: str = "train", **kwargs: Any) -> None:

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 from ava.env import Env
 from ava.errors import UsageError
 from ava.log.logger import initialize_logger
-from ava.metrics.forward import ChildForwarder
+from ava.metrics.forward import ChildForwarder, HolderGone
 from ava.metrics.sinks.jsonl import _last_seq
 from ava.train._finish import _live, _weak_finisher
 from ava.train.base import TrainInstance
@@ -93,7 +93,7 @@ class AttachedInstance(TrainInstance):
         self._status_doc = dict(self._status_doc, status=STATUS_RUNNING)
         self._start_seq = self._earlier_records()
         self._holder = ChildForwarder(address)
-        self.log_metrics = self._holder.log_metrics  # type: ignore[method-assign]
+        self._holder_gone = False
         if setup_logging:  # the console only: ava run writes this process's output into run.log
             initialize_logger(self.logs_dir, env=self._env, file=False)
         if handle_signals if handle_signals is not None else self._env.handle_signals:
@@ -118,8 +118,23 @@ class AttachedInstance(TrainInstance):
             os.close(fd)
         return 0 if last is None else last + 1
 
+    def _send(self, fn: Any, *args: Any, **kwargs: Any) -> None:
+        """A message to ``ava run``; if it is gone (killed) or stuck, said once: training goes on."""
+        if self._holder_gone:
+            return
+        try:
+            fn(*args, **kwargs)
+        except HolderGone as exc:
+            self._holder_gone = True
+            log.error("instance %s: the ava run that holds it no longer takes records (%s); what this "
+                      "process records from now on is lost, the training goes on", self.training_ins_id, exc)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, epoch: int | None = None,
+                    batch: int | None = None, phase: str = "train", **kwargs: Any) -> None:
+        self._send(self._holder.log_metrics, metrics, step, epoch, batch, phase, **kwargs)
+
     def log_event(self, event: str, step: int | None = None, **details: Any) -> None:
-        self._holder.log_event(event, step, **details)
+        self._send(self._holder.log_event, event, step, **details)
 
     def flush_metrics(self, timeout: float | None = None) -> bool:
         """True: each call was handed to ``ava run`` before it returned."""
@@ -140,7 +155,7 @@ class AttachedInstance(TrainInstance):
         folders = [p for p in paths if os.path.isdir(p)]
         if folders:
             raise UsageError(f"snapshot {name!r}: {folders[0]} is a directory; give the files in it")
-        self._holder.save_snapshot(paths, name, dict(meta or {}), step)
+        self._send(self._holder.save_snapshot, paths, name, dict(meta or {}), step)
         return name
 
     def done(self, err_msg: str = "", *, exit_code: int | None = None, timeout: float | None = None) -> None:
@@ -156,10 +171,7 @@ class AttachedInstance(TrainInstance):
                 except Exception as exc:  # noqa: BLE001 - finishing must go on
                     log.error("instance %s: %s", self.training_ins_id, exc)
             status = STATUS_PREEMPTED if preempt.STOP.requested else STATUS_FAILED if err_msg else STATUS_DONE
-            try:
-                self._holder.finish(str(err_msg or ""), exit_code)
-            except Exception as exc:  # noqa: BLE001 - ava run gone: its own exit handling decides
-                log.warning("instance %s: could not tell ava run how it ended: %s", self.training_ins_id, exc)
+            self._send(self._holder.finish, str(err_msg or ""), exit_code)
             self._status_doc = dict(self._status_doc, status=status, err_msg=str(err_msg or ""))
             self._forget()
             log.info("training instance %s %s (ava run writes the status)", self.training_ins_id, status)

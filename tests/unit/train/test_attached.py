@@ -49,3 +49,21 @@ def test_a_joined_instance_records_through_the_holder_and_says_how_it_ended(tmp_
     assert got["end"] == [("bad", None)]
     assert ins.status == "failed"
     assert not (tmp_path / "run" / "r1" / "status.json").exists()  # ava run writes it, not the script
+
+
+def test_a_joined_script_whose_ava_run_is_gone_trains_on_and_says_so_once(tmp_path, caplog):
+    lis = ChildListener(lambda *a, **k: None, lambda *a, **k: None)
+    env = {"AVA_RUN_LISTENER": lis.address, "AVA_TRAINING_INSTANCE_ID": "r1", "AVA_WORKSPACE": str(tmp_path)}
+    ins = train.TrainInstance(env=env, setup_logging=False, handle_signals=False)
+    ins.log_metrics({"loss": 0.5}, step=1)
+    lis.close()  # ava run killed: its socket is gone
+    for step in range(2, 5):  # raised MetricsError into the training loop at every call
+        ins.log_metrics({"loss": 0.5}, step=step)
+    ins.log_event("resume", step=5)
+    ins.done()
+    said = [r.getMessage() for r in caplog.records if "no longer takes records" in r.getMessage()]
+    assert len(said) == 1
+    other = train.TrainInstance(env=env, setup_logging=False, handle_signals=False)
+    with pytest.raises(Exception, match="phase"):  # the caller's own mistakes are still raised
+        other.log_metrics({"x": 1}, phase="bad")
+    other.done()
