@@ -1,19 +1,20 @@
 """Run a command, stream its output, and hand every line to hooks (``from ava.utils import cmd``).
 
 :func:`startproc` starts the child in its own process group with its stderr merged into its
-stdout, on one pipe, as the old SDK did (so a loop reading ``proc.stdout`` sees Caffe's glog lines,
-which go to stderr); ``stderr=subprocess.PIPE`` keeps them apart. :func:`logproc` reads the pipes
-at once until they close: each chunk goes to the console as the child wrote it (its stdout to
-ours, its stderr to ours) and to run.log (when :func:`ava.log.logger.initialize_logger` set one
-up), each line, as ``str`` without its terminator, to the hooks. While it reads on the main
-thread, SIGTERM, SIGINT and SIGHUP are forwarded to the child's group (the child is in a group of its
-own, so a signal to this process or its group would not reach it) and recorded as the stop
-request: the child stops, :func:`logproc` returns, and a training instance finishes as
-``preempted``. :func:`runproc` (the old name) and :func:`run_and_forward` do both and wait, with
-two streams, and return the exit code as a shell would: 127 not found, 126 not executable,
-128 + N killed by signal N. A command that cannot
-be executed does not raise: :func:`startproc` logs one line ("command not found: X") and returns
-a finished :class:`NotStarted`, so the old ``startproc``/``logproc``/``wait()`` sequence gets 127.
+stdout, on one pipe, as the old SDK did (so a loop reading ``proc.stdout`` sees Caffe's glog
+lines, which go to stderr); ``stderr=subprocess.PIPE`` keeps them apart. :func:`logproc` reads
+the pipes at once until they close: each chunk goes to the console as the child wrote it (its
+stdout to ours, its stderr to ours) and to run.log (when
+:func:`ava.log.logger.initialize_logger` set one up), each line, as ``str`` without its
+terminator, to the hooks. While it reads on the main thread, SIGTERM, SIGINT and SIGHUP are
+forwarded to the child's group (the child is in a group of its own, so a signal to this process
+or its group would not reach it), unless the script ignores or handles that signal itself; with
+a training instance open it is its stop request: the child stops, :func:`logproc` returns, and
+the instance finishes as ``preempted``. :func:`runproc` (the old name) and
+:func:`run_and_forward` do both and wait, with two streams, and return the exit code as a shell
+would: 127 not found, 126 not executable, 128 + N killed by signal N. A command that cannot be
+executed does not raise: :func:`startproc` logs one line ("command not found: X") and returns a
+finished :class:`NotStarted`, so the old ``startproc``/``logproc``/``wait()`` sequence gets 127.
 
 Example:
     >>> from ava.utils import cmd
@@ -151,6 +152,8 @@ def startproc(args: Args, **popen_kwargs: Any) -> subprocess.Popen[bytes]:
         if failed is None:
             raise
         return failed
+    # Where it started: what its relative paths mean if it exits before /proc is read (child_cwd).
+    proc._ava_cwd = os.path.abspath(os.fspath(kw["cwd"])) if kw.get("cwd") is not None else os.getcwd()  # type: ignore[attr-defined]
     for f in (proc.stdout, proc.stderr):
         if f is not None:
             _grow_pipe(f.fileno())
@@ -159,7 +162,8 @@ def startproc(args: Args, **popen_kwargs: Any) -> subprocess.Popen[bytes]:
 
 def logproc(proc: subprocess.Popen[Any], log_hook: LogHook = None, *, echo: bool = True,
             prefix_stream: bool = False, max_line: int = MAX_LINE, forward_signals: bool = True) -> None:
-    """Read the child's stdout and stderr until both close, passing every line on.
+    """Read the child's output (one stream as :func:`startproc` starts it, or stdout and stderr)
+    until it closes, passing every line on.
 
     On the main thread, with ``forward_signals`` and a child that leads its own process group
     (as :func:`startproc` starts it), SIGTERM, SIGINT and SIGHUP are forwarded to the child's group while
@@ -201,7 +205,9 @@ def logproc(proc: subprocess.Popen[Any], log_hook: LogHook = None, *, echo: bool
     if forward_signals and _leads_own_group(proc):
         stop = hooks.stop_signal  # a Caffe hook: SIGINT, on which Caffe snapshots and stops
         signal_map = {sig: stop for sig in _FORWARDED} if stop is not None else None
-        with _Forwarder(signal_map, kill_after=preempt.grace() if preempt.installed() else None) as forwarder:
+        instance = preempt.installed()  # a TrainInstance has the signals: the stop is its stop request
+        with _Forwarder(signal_map, kill_after=preempt.grace() if instance else None, record=instance,
+                        leave_users=True) as forwarder:
             forwarder.attach(proc)
             _read(proc, hooks, echo, prefix_stream, max_line)
         for sig in forwarder.received:
@@ -218,7 +224,8 @@ def _after_forwarding(sig: int) -> None:
     if preempt.installed():
         if not preempt.STOP.polled:  # nobody checks should_stop(): leave as preempted
             raise SystemExit(preempt.STOP.exit_code)
-        return  # the training loop reads the stop request
+        preempt.watch()  # the training loop reads the stop request, within the preemption timeout
+        return
     if threading.current_thread() is threading.main_thread():
         signal.raise_signal(sig)  # the handler there before: KeyboardInterrupt, the default exit, the user's
 
@@ -236,8 +243,8 @@ _reading = threading.local()  # the child whose lines this thread's logproc is p
 
 def child_cwd() -> str | None:
     """The working directory of the child whose output :func:`logproc` is passing to the
-    calling hook (a relative path it prints is relative to that), while it runs, else the last
-    one seen; None outside a hook."""
+    calling hook (a relative path it prints is relative to that): read while it runs; after it
+    exited, the last one read, else the one it was started in. None outside a hook."""
     proc = getattr(_reading, "proc", None)
     if proc is None:
         return None
@@ -251,9 +258,9 @@ def child_cwd() -> str | None:
 def _read(proc: subprocess.Popen[Any], hooks: HookList, echo: bool, prefix_stream: bool, max_line: int) -> None:
     """:func:`logproc`'s loop: read the pipes until they close (or the exit grace runs out)."""
     outer = getattr(_reading, "proc", None), getattr(_reading, "cwd", None)
-    _reading.proc, _reading.cwd = proc, None
+    _reading.proc, _reading.cwd = proc, getattr(proc, "_ava_cwd", None)
     try:
-        child_cwd()  # seen at the start too: a child that exits fast still has its lines resolved
+        child_cwd()  # read at the start too: a child that exits fast (after no cd) is resolved right
         _read_pipes(proc, hooks, echo, prefix_stream, max_line)
     finally:
         _reading.proc, _reading.cwd = outer
@@ -376,19 +383,27 @@ def runproc(args: Args, log_hook: LogHook = None, **kwargs: Any) -> int:
 class _Forwarder:
     """While the child runs, SIGTERM, SIGINT and SIGHUP go to its process group instead of stopping us."""
 
-    def __init__(self, signal_map: dict[int, int] | None = None, kill_after: float | None = None) -> None:
+    def __init__(self, signal_map: dict[int, int] | None = None, kill_after: float | None = None, *,
+                 record: bool = True, leave_users: bool = False) -> None:
         self.proc: subprocess.Popen[Any] | None = None
         self.received: list[int] = []
         self._saved: dict[int, Any] = {}
         self._map = dict(signal_map or {})
         self._kill_after = kill_after
         self._timer: threading.Timer | None = None
+        self._record = record  # make the first signal this process's stop request
+        self._leave_users = leave_users  # a handler the script installed keeps its signal
 
     def __enter__(self) -> _Forwarder:
         if threading.current_thread() is threading.main_thread():
             for sig in _FORWARDED:
                 previous = signal.getsignal(sig)
                 if previous is None:  # installed outside Python: it could not be put back
+                    continue
+                if previous is signal.SIG_IGN:  # nohup, or a background job's SIGINT: ignored, child too
+                    continue
+                if self._leave_users and not (previous in (signal.SIG_DFL, signal.default_int_handler)
+                                              or preempt.is_ours(previous)):
                     continue
                 self._saved[sig] = previous
                 signal.signal(sig, self._handle)
@@ -433,7 +448,8 @@ class _Forwarder:
             preempt.request(signum)
             preempt.run_finishers(0.0, quick=True)
             os._exit(preempt.STOP.exit_code)
-        preempt.request(signum)
+        if self._record:
+            preempt.request(signum)
         if self.proc is not None:
             _signal_group(self.proc, self._map.get(signum, signum))
             self._arm()

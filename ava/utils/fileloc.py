@@ -24,9 +24,12 @@ __all__ = ["mkdir_p", "rm_path"]
 def rm_path(path: str | os.PathLike[str]) -> bool:
     """Delete a file, a link or a directory with everything in it; False when nothing was there.
 
-    A link is removed itself, never what it points to. The filesystem root and the home
-    directory are refused (a path made from an empty variable).
+    A link is removed itself, never what it points to. An empty path, the filesystem root, the
+    home directory, and the current directory or any folder holding it are refused (a path made
+    from an empty variable).
     """
+    if not os.fspath(path):
+        raise UsageError("rm_path('') refused: an empty path (an unset variable?) would mean the current directory")
     p = Path(path)
     if p.is_symlink() or p.is_file():
         p.unlink()
@@ -34,7 +37,9 @@ def rm_path(path: str | os.PathLike[str]) -> bool:
     if not p.exists():
         return False
     resolved = p.resolve()
-    if resolved == Path(resolved.anchor) or resolved == Path.home().resolve():
+    cwd = Path.cwd().resolve()
+    if resolved == Path(resolved.anchor) or resolved == Path.home().resolve() or resolved == cwd \
+            or resolved in cwd.parents:
         raise UsageError(f"rm_path({str(path)!r}) refused: it would delete {resolved}")
     shutil.rmtree(p)
     return True

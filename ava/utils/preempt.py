@@ -125,6 +125,18 @@ def installed() -> bool:
     return any(signal.getsignal(sig) is _handle for sig in HANDLED)
 
 
+def is_ours(handler: Any) -> bool:
+    """``handler`` is the one :func:`install` puts in place."""
+    return handler is _handle
+
+
+def watch() -> None:
+    """A stop request recorded without this module's handler (a signal passed on to a child):
+    start the watchdog that makes the process leave within the grace, as the handler does."""
+    if STOP.requested:
+        _start_watchdog()
+
+
 def grace() -> float:
     """Seconds the preemption path may take (what :func:`install` was given)."""
     return _grace

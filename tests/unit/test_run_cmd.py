@@ -378,3 +378,25 @@ def test_sighup_to_ava_run_stops_the_command_and_the_run_is_preempted(ws):
     assert b"got HUP" in out and wrapper.returncode == 129, err
     doc = status(ws, "hup")
     assert doc["status"] == "preempted" and doc["exit_code"] == 129 and "SIGHUP" in doc["err_msg"]
+
+
+def test_snapshot_paths_of_a_command_started_elsewhere_that_exits_at_once_are_found(ws, tmp_path):
+    # runproc(..., cwd=...) and a command that prints its snapshot and exits before /proc is read
+    from ava.monitor.caffe import CaffeLogParser
+    from ava.monitor.hooks import SnapshotHook
+    from ava.train import base as train
+    from ava.utils import cmd
+
+    work = tmp_path / "job"
+    (work / "snaps").mkdir(parents=True)
+    (work / "snaps" / "m_iter_5.caffemodel").write_bytes(b"m")
+    (work / "snaps" / "m_iter_5.solverstate").write_bytes(b"s")
+    ins = train.TrainInstance("cwdsnap", workspace=ws.root, setup_logging=False)
+    hook = SnapshotHook(ins, CaffeLogParser(year=2016))
+    code = cmd.runproc(["sh", "-c", "echo 'I0124 12:20:27.1 1 solver.cpp:454] Snapshotting to binary proto file "
+                        "snaps/m_iter_5.caffemodel'; echo 'I0124 12:20:27.2 1 sgd_solver.cpp:273] Snapshotting solver "
+                        "state to binary proto file snaps/m_iter_5.solverstate'"], hook, cwd=work, echo=False)
+    assert code == 0
+    ins.done()
+    stored = ws.root / "storage" / "cwdsnap" / "snapshots" / "iter-00000005"
+    assert (stored / "m_iter_5.solverstate").read_bytes() == b"s"

@@ -461,7 +461,8 @@ def test_ctrl_c_during_logproc_without_an_instance_stops_the_child_then_raises_k
         try:
             cmd.logproc(proc)
         except KeyboardInterrupt:
-            print("interrupted, child exit", proc.wait(), flush=True)
+            from ava.utils import preempt
+            print("interrupted, child exit", proc.wait(), "stop request", preempt.STOP.requested, flush=True)
     """)
     wrapper = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -472,7 +473,61 @@ def test_ctrl_c_during_logproc_without_an_instance_stops_the_child_then_raises_k
         if wrapper.poll() is None:
             wrapper.kill()
             wrapper.wait()
-    assert b"child got INT" in out and b"interrupted, child exit 3" in out, err
+    # and no stop request left behind for a TrainInstance opened later (it ended as preempted)
+    assert b"child got INT" in out and b"interrupted, child exit 3 stop request False" in out, err
+
+
+def test_a_signal_the_script_ignores_nohup_stays_ignored_during_logproc_and_for_the_child():
+    # SIGHUP forwarding replaced nohup's SIG_IGN: the child was killed and the run preempted.
+    code = textwrap.dedent("""
+        import signal, sys
+        from ava.utils import cmd
+        print(cmd.runproc(["sh", "-c", "echo ready; sleep 1; echo finished"]), flush=True)
+    """)
+    wrapper = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    try:
+        wait_for_output(wrapper, b"ready\n")
+        wrapper.send_signal(signal.SIGHUP)
+        out, err = wrapper.communicate(timeout=30)
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+            wrapper.wait()
+    assert b"finished" in out and out.strip().endswith(b"0") and wrapper.returncode == 0, (out, err)
+
+
+def test_a_loop_that_checks_should_stop_after_a_forwarded_stop_still_leaves_within_the_timeout(tmp_path):
+    # No watchdog was started for a stop passed on by logproc: a loop that did not reach its
+    # next check slept on, and the process exited 0 fifteen seconds later.
+    code = textwrap.dedent("""
+        import time
+        from ava.train import base as train
+        from ava.utils import cmd
+        ins = train.TrainInstance("wd", setup_logging=False)
+        ins.should_stop()  # the loop checks at its step ends
+        proc = cmd.startproc(["sh", "-c", "trap 'exit 0' TERM; echo ready; while :; do sleep 0.05; done"])
+        cmd.logproc(proc)
+        print("logproc returned", flush=True)
+        time.sleep(15)  # a long step
+        print("slept through", flush=True)
+    """)
+    wrapper = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "AVA_WORKSPACE": str(tmp_path), "AVA_PREEMPT_TIMEOUT": "2"})
+    try:
+        wait_for_output(wrapper, b"ready\n")
+        t0 = time.monotonic()
+        wrapper.send_signal(signal.SIGTERM)
+        out, err = wrapper.communicate(timeout=30)
+        took = time.monotonic() - t0
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+            wrapper.wait()
+    assert b"logproc returned" in out and b"slept through" not in out, (out, err)
+    assert wrapper.returncode == 143 and took < 10, (took, err)
+    status = __import__("json").loads((tmp_path / "run" / "wd" / "status.json").read_text())
+    assert status["status"] == "preempted"
 
 
 def test_previous_signal_handlers_are_restored():

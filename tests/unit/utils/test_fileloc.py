@@ -24,7 +24,12 @@ def test_mkdir_p_and_rm_path(tmp_path):
     assert fileloc.rm_path(str(f)) is True and not f.exists()
 
 
-def test_rm_path_refuses_the_root_and_home():
-    for p in ("/", str(Path.home())):
+def test_rm_path_refuses_the_root_home_empty_and_the_current_directory(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    (work / "precious.txt").write_text("keep")
+    monkeypatch.chdir(work / "sub")
+    for p in ("/", str(Path.home()), "", ".", "..", str(work)):  # "" deleted the current directory
         with pytest.raises(UsageError, match="refused"):
             fileloc.rm_path(p)
+    assert (work / "precious.txt").read_text() == "keep"
