@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import atexit
 import errno
 import io
 import logging
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from typing import Any, Sequence, Union
 
 from ava.utils import preempt
@@ -154,6 +156,8 @@ def startproc(args: Args, **popen_kwargs: Any) -> subprocess.Popen[bytes]:
         return failed
     # Where it started: what its relative paths mean if it exits before /proc is read (child_cwd).
     proc._ava_cwd = os.path.abspath(os.fspath(kw["cwd"])) if kw.get("cwd") is not None else os.getcwd()  # type: ignore[attr-defined]
+    if kw.get("start_new_session") or kw.get("process_group") is not None:
+        _started.add(proc)  # a stop of this process reaches it at exit, even outside logproc
     for f in (proc.stdout, proc.stderr):
         if f is not None:
             _grow_pipe(f.fileno())
@@ -239,6 +243,21 @@ def _leads_own_group(proc: subprocess.Popen[Any]) -> bool:
 
 
 _reading = threading.local()  # the child whose lines this thread's logproc is passing to hooks
+_started: "weakref.WeakSet[subprocess.Popen[Any]]" = weakref.WeakSet()  # startproc's children, own groups
+
+
+def _stop_children_at_exit() -> None:
+    """The process leaves after a stop request (SIGTERM with nobody checking should_stop(), even
+    between startproc and logproc): the children startproc put in groups of their own would not
+    get it, so they get it here."""
+    if not preempt.STOP.requested:
+        return
+    for proc in list(_started):
+        if proc.poll() is None:
+            _signal_group(proc, preempt.STOP.signum or signal.SIGTERM)
+
+
+atexit.register(_stop_children_at_exit)
 
 
 def child_cwd() -> str | None:

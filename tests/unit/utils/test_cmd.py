@@ -530,6 +530,35 @@ def test_a_loop_that_checks_should_stop_after_a_forwarded_stop_still_leaves_with
     assert status["status"] == "preempted"
 
 
+def test_a_stop_between_startproc_and_logproc_still_reaches_the_child(tmp_path):
+    marker = tmp_path / "child-got-term"
+    code = textwrap.dedent(f"""
+        import time
+        from ava.train import base as train
+        from ava.utils import cmd
+        ins = train.TrainInstance("between", setup_logging=False)
+        proc = cmd.startproc(["sh", "-c", "trap 'touch {marker}; exit 0' TERM; echo up; while :; do sleep 0.05; done"])
+        proc.stdout.readline()
+        print("ready", flush=True)
+        time.sleep(30)  # not reading yet: the child is in a group of its own
+    """)
+    wrapper = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, "AVA_WORKSPACE": str(tmp_path)})
+    try:
+        wait_for_output(wrapper, b"ready\n")
+        wrapper.send_signal(signal.SIGTERM)
+        wrapper.communicate(timeout=30)
+    finally:
+        if wrapper.poll() is None:
+            wrapper.kill()
+            wrapper.wait()
+    assert wrapper.returncode == 143
+    deadline = time.monotonic() + 10
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists()  # it ran on, in a session of its own, after the script had left
+
+
 def test_previous_signal_handlers_are_restored():
     def mine(signum, frame):
         pass
