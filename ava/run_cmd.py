@@ -43,7 +43,7 @@ class _Tail:
         self.lines: collections.deque[str] = collections.deque(maxlen=n)
 
     def __call__(self, line: str) -> None:
-        if line.strip():
+        if line.strip() and not _AVA_INFO.match(line):
             self.lines.append(line)
 
     def error_text(self) -> str:
@@ -54,6 +54,8 @@ class _Tail:
 
 
 _GLOG_ERROR = re.compile(r"[EF]\d{4}")  # glog's E/F lines (E0512 10:11:12...); not any line starting E or F
+# ava's own INFO/WARNING lines in the command's output (a joined script's "instance X done"): no error text
+_AVA_INFO = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (?:DEBUG|INFO|WARNING) \S+\[\d+\] (?:\S+ )?ava[.:]")
 
 
 def run(args: argparse.Namespace, env: Env) -> int:
@@ -93,7 +95,17 @@ def run(args: argparse.Namespace, env: Env) -> int:
     signal_map = {sig: _signum(stop) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)} if stop else None
     # A TrainInstance() in CMD (a guide-style script) joins this instance: ava.train.attached.
     script = _ScriptEnd()
-    listener = ChildListener(ins.log_metrics, ins.log_event, save_snapshot=_snapshot_saver(ins), finish=script)
+
+    def joined() -> None:  # the command records for itself: its records, not the parser's (twice)
+        parsers = [h for h in hooks if isinstance(h, LogMetricsHook) and h.enabled]
+        for hook in parsers:
+            hook.enabled = False
+        if parsers:
+            log.info("the command opened its own TrainInstance: what it records is taken, the metrics and "
+                     "snapshots %s reads from its output are not", "--parser/--metric")
+
+    listener = ChildListener(ins.log_metrics, ins.log_event, save_snapshot=_snapshot_saver(ins), finish=script,
+                             joined=joined)
     child_env = {**os.environ, AVA_TRAINING_INSTANCE_ID: ins.training_ins_id,
                  AVA_WORKSPACE: str(ins.workspace.root), AVA_RUN_LISTENER: listener.address}
     code = 1

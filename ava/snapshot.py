@@ -82,6 +82,8 @@ class SnapshotUploader:
     # --- the caller's side -------------------------------------------------------------
     def submit(self, files: Sequence[str | Path], key_prefix: str, meta: dict[str, Any] | None = None) -> str:
         """Queue one snapshot (its files, uploaded under ``key_prefix``); returns at once."""
+        if not isinstance(key_prefix, str):
+            raise UsageError(f"snapshot name {key_prefix!r} must be a non-empty relative path without '..'")
         key_prefix = key_prefix.strip("/")
         if not key_prefix or ".." in key_prefix.split("/"):
             raise UsageError(f"snapshot key prefix {key_prefix!r} must be a non-empty relative path without '..'")

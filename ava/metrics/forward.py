@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import select
 import shutil
 import socket
 import tempfile
@@ -32,7 +33,7 @@ import threading
 from typing import Any, Callable, Mapping
 
 from ava.errors import AvaError, MetricsError
-from ava.metrics.record import PHASES, check_step, plain_details
+from ava.metrics.record import PHASES, check_step, check_units, check_value, plain_details
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,10 @@ SEND_TIMEOUT = 10.0
 
 
 def _plain(name: str, value: Any) -> Any:
-    """A JSON-able number for ``value`` (tensors and numpy scalars read here, in the child)."""
+    """A JSON-able number for ``value`` (tensors and numpy scalars read here, in the child); the
+    same values are refused as by the writer (``check_value``: text, None, many elements)."""
+    if type(value) not in (int, float):
+        check_value(name, value)
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, (int, float)):
@@ -86,12 +90,23 @@ class ChildForwarder:
         self.address = address
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
+        self.dropping = False  # the receiver is gone and the caller chose to go on: calls are checked, not sent
 
     def _send(self, obj: Any) -> None:
+        if self.dropping:
+            return
         data = _encode(obj)
         if len(data) > _MAX_DATAGRAM:
-            raise MetricsError(f"one log_metrics call from a forked child is limited to {_MAX_DATAGRAM} bytes of "
-                               f"JSON, got {len(data)}; log fewer values per call")
+            if obj[0] == "m" and len(obj[1]) > 1:  # many values: in parts, each a datagram
+                items = list(obj[1].items())
+                half = len(items) // 2
+                for part in (items[:half], items[half:]):
+                    units = obj[6].get("units")
+                    kw = dict(obj[6], units={k: units[k] for k, _ in part if k in units}) if units else obj[6]
+                    self._send([obj[0], dict(part), *obj[2:6], kw])
+                return
+            raise MetricsError(f"one record sent to the process that records for this one is limited to "
+                               f"{_MAX_DATAGRAM} bytes of JSON, got {len(data)}")
         with self._lock:
             try:
                 if self._sock is None:
@@ -115,7 +130,17 @@ class ChildForwarder:
             raise MetricsError(f"metrics must be a mapping of name to number, got {type(metrics).__name__}")
         if phase not in PHASES:  # checked here as in the parent: an error the caller sees
             raise MetricsError(f"phase must be one of {', '.join(PHASES)}, got {phase!r}")
-        values = {str(k): _plain(str(k), v) for k, v in metrics.items()}
+        unknown = set(kwargs) - {"net", "units"}
+        if unknown:  # as the writer's own signature refuses them
+            raise TypeError(f"log_metrics() got an unexpected keyword argument {sorted(unknown)[0]!r}")
+        for name in metrics:
+            if type(name) is not str:
+                raise MetricsError(f"metric name {name!r} is a {type(name).__name__}; metric names must be strings")
+        values = {k: _plain(k, v) for k, v in metrics.items()}
+        if kwargs.get("units") is not None:
+            kwargs = dict(kwargs, units=check_units(kwargs["units"]))
+        if kwargs.get("net") is not None:
+            kwargs = dict(kwargs, net=check_step(kwargs["net"], "net"))
         self._send(["m", values, check_step(step), None if epoch is None else check_step(epoch, "epoch"),
                     None if batch is None else check_step(batch, "batch"), phase, kwargs])
 
@@ -132,6 +157,10 @@ class ChildForwarder:
         """Tell the holder of the instance how this process ended its part (``done()``)."""
         self._send(["d", err_msg, exit_code])
 
+    def join(self) -> None:
+        """Tell the holder of the instance that this process records for it (``ava run``'s command)."""
+        self._send(["j"])
+
 
 class ChildListener:
     """The parent's end: receives what forked children log and records it.
@@ -142,11 +171,14 @@ class ChildListener:
     """
 
     def __init__(self, log_metrics: Callable[..., None], log_event: Callable[..., None], *,
-                 save_snapshot: Callable[..., Any] | None = None, finish: Callable[[str, Any], None] | None = None) -> None:
+                 save_snapshot: Callable[..., Any] | None = None, finish: Callable[[str, Any], None] | None = None,
+                 joined: Callable[[], None] | None = None) -> None:
         self._log_metrics = log_metrics
         self._log_event = log_event
         self._save_snapshot = save_snapshot
         self._finish = finish
+        self._joined = joined
+        self._wake_r, self._wake_w = os.pipe()  # close() wakes the thread at once
         self._dir = tempfile.mkdtemp(prefix="ava-children-")
         self.address = os.path.join(self._dir, "metrics.sock")
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -168,43 +200,59 @@ class ChildListener:
                 self._save_snapshot(msg[1], msg[2], msg[3], step=msg[4])
             elif msg[0] == "d" and self._finish is not None:
                 self._finish(str(msg[1] or ""), msg[2])
-            else:
+            elif msg[0] == "j" and self._joined is not None:
+                self._joined()
+            elif msg[0] not in ("d", "j"):
                 raise ValueError(f"unexpected message kind {msg[0]!r}")
         except AvaError as exc:  # a refused record or snapshot: the sender goes on
             log.warning("a record from a child process was refused: %s", exc)
-        except (ValueError, IndexError, TypeError, KeyError) as exc:
-            log.warning("a malformed message from a forked child was ignored: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - one bad message must not stop the listener
+            log.warning("a malformed message from a child process was ignored: %s: %s", type(exc).__name__, exc)
 
     def _run(self) -> None:
         while not self._closed:
             try:
-                self._sock.settimeout(0.5)
-                with self._lock:
-                    data = self._sock.recv(_MAX_DATAGRAM + 1)
-            except socket.timeout:
-                continue
-            except OSError:
+                ready, _, _ = select.select([self._sock, self._wake_r], [], [], 1.0)
+            except (OSError, ValueError):  # closed under us
                 return
-            self._handle(data)
+            if self._sock not in ready:
+                continue
+            # The lock only around taking and recording one message (in order with drain()),
+            # never around the wait: drain() gets it at once.
+            with self._lock:
+                try:
+                    data = self._sock.recv(_MAX_DATAGRAM + 1, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    return
+                self._handle(data)
 
     def drain(self) -> None:
         """Record every message already sent (before the parent closes its writer)."""
         with self._lock:
-            self._sock.setblocking(False)
-            try:
-                while True:
-                    try:
-                        data = self._sock.recv(_MAX_DATAGRAM + 1)
-                    except (BlockingIOError, InterruptedError):
-                        return
-                    self._handle(data)
-            finally:
-                self._sock.setblocking(True)
+            while True:
+                try:
+                    data = self._sock.recv(_MAX_DATAGRAM + 1, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:  # closed
+                    return
+                self._handle(data)
 
     def close(self) -> None:
         self._closed = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
         self._thread.join(1.0)
         self._sock.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def forget_in_child(self) -> None:
@@ -212,3 +260,8 @@ class ChildListener:
         socket ends with the parent and a child sending later gets an error instead of waiting."""
         self._closed = True
         self._sock.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

@@ -82,6 +82,17 @@ def check_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def check_units(units: Any) -> dict[str, str]:
+    """``units`` (metric name -> unit text, e.g. ``{"speed": "samples/s"}``) as a dict; a clear
+    :class:`MetricsError` for anything else (a bytes unit made every later record unwritable)."""
+    if not isinstance(units, Mapping):
+        raise MetricsError(f"units must be a mapping of metric name to unit text, got {type(units).__name__}")
+    for name, unit in units.items():
+        if type(name) is not str or type(unit) is not str:
+            raise MetricsError(f"units: {name!r}: {unit!r} is not a name and a unit text (both str)")
+    return dict(units)
+
+
 def check_step(step: Any, what: str = "step") -> int | None:
     """Return ``step`` as an int (None stays None); a clear error for anything else."""
     if step is None or type(step) is int:

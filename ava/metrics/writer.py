@@ -33,7 +33,7 @@ import weakref
 from typing import Any, Mapping, Sequence
 
 from ava.errors import MetricsError
-from ava.metrics.record import PHASES, check_metrics, check_step, plain_details, records_of, to_json_number
+from ava.metrics.record import PHASES, check_metrics, check_step, check_units, plain_details, records_of, to_json_number
 from ava.metrics.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class MetricsWriter:
         self._closing = False
         self._abandon = False  # close() gave up waiting: stop retrying
         self._forked = False
+        self._units_checked: Any = None  # the last units mapping checked (the adapters reuse one)
         self._write_failing = False
         self._surface: MetricsError | None = None  # raised once, on the caller's next call
         self._sink_failed: set[int] = set()
@@ -128,6 +129,11 @@ class MetricsWriter:
                     break
         else:
             metrics = check_metrics(metrics)
+        if units is not None and units is not self._units_checked:  # adapters pass one dict each call
+            check_units(units)
+            self._units_checked = units
+        if net is not None and type(net) is not int:
+            net = check_step(net, "net")
         item = (time.time(), step, epoch, batch, phase, metrics, net, units)
         if self._forked or self._surface is not None:
             self._put(item)

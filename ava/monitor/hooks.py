@@ -59,8 +59,11 @@ class LogMetricsHook:
         self.records = 0
         # What cmd.logproc passes on when the script is stopped (SIGINT for Caffe: snapshot, stop).
         self.stop_signal: int | None = getattr(parser, "stop_signal", None)
+        self.enabled = True  # off: lines pass by unread (ava run's command records for itself)
 
     def __call__(self, line: str | bytes) -> None:
+        if not self.enabled:
+            return
         if type(line) is not str:
             line = _text(line)
         records = self.parser.parse_line(line)

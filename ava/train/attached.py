@@ -31,7 +31,9 @@ from ava.env import Env
 from ava.errors import UsageError
 from ava.log.logger import initialize_logger
 from ava.metrics.forward import ChildForwarder, HolderGone
+from ava.metrics.record import check_step
 from ava.metrics.sinks.jsonl import _last_seq
+from ava.snapshot import _plain_meta
 from ava.train._finish import _live, _weak_finisher
 from ava.train.base import TrainInstance
 from ava.train.distributed import initialized_process_group
@@ -93,7 +95,7 @@ class AttachedInstance(TrainInstance):
         self._status_doc = dict(self._status_doc, status=STATUS_RUNNING)
         self._start_seq = self._earlier_records()
         self._holder = ChildForwarder(address)
-        self._holder_gone = False
+        self._send(self._holder.join)  # ava run then takes this process's records, not its log parser's
         if setup_logging:  # the console only: ava run writes this process's output into run.log
             initialize_logger(self.logs_dir, env=self._env, file=False)
         if handle_signals if handle_signals is not None else self._env.handle_signals:
@@ -120,12 +122,10 @@ class AttachedInstance(TrainInstance):
 
     def _send(self, fn: Any, *args: Any, **kwargs: Any) -> None:
         """A message to ``ava run``; if it is gone (killed) or stuck, said once: training goes on."""
-        if self._holder_gone:
-            return
         try:
-            fn(*args, **kwargs)
+            fn(*args, **kwargs)  # the call's own checks run even when nothing can be sent any more
         except HolderGone as exc:
-            self._holder_gone = True
+            self._holder.dropping = True
             log.error("instance %s: the ava run that holds it no longer takes records (%s); what this "
                       "process records from now on is lost, the training goes on", self.training_ins_id, exc)
 
@@ -147,15 +147,18 @@ class AttachedInstance(TrainInstance):
     def save_snapshot(self, files: Sequence[str | Path], name: str, meta: Mapping[str, Any] | None = None,
                       step: int | None = None, *, sharded: bool = False) -> str:
         """Hand a snapshot to ``ava run``'s uploader (paths made absolute here: its directory is not ours)."""
+        if not isinstance(name, str) or not name.strip("/") or ".." in name.split("/"):
+            raise UsageError(f"snapshot name {name!r} must be a non-empty relative path without '..'")
         if isinstance(files, (str, os.PathLike)):
             files = [files]
         paths = [os.path.abspath(os.fspath(f)) for f in files]
         if not paths:
             raise UsageError(f"snapshot {name!r} has no files")
+        meta = _plain_meta(dict(meta or {}), name)  # what cannot be JSON is refused here, as at submit
         folders = [p for p in paths if os.path.isdir(p)]
         if folders:
             raise UsageError(f"snapshot {name!r}: {folders[0]} is a directory; give the files in it")
-        self._send(self._holder.save_snapshot, paths, name, dict(meta or {}), step)
+        self._send(self._holder.save_snapshot, paths, name, meta, check_step(step))
         return name
 
     def done(self, err_msg: str = "", *, exit_code: int | None = None, timeout: float | None = None) -> None:
@@ -164,6 +167,9 @@ class AttachedInstance(TrainInstance):
             return
         with self._done_lock:
             if self._status_doc.get("status") in FINAL_STATUSES:
+                if err_msg:  # as TrainInstance.done says it: a failure found after the end is not lost silently
+                    log.warning("instance %s is %s already; done(err_msg=%r) changes nothing (call done() once, "
+                                "at the end)", self.training_ins_id, self._status_doc.get("status"), str(err_msg)[:200])
                 return
             for hook in self._before_done:
                 try:

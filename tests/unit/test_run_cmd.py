@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import textwrap
 import sys
 
 import pytest
@@ -400,3 +401,35 @@ def test_snapshot_paths_of_a_command_started_elsewhere_that_exits_at_once_are_fo
     ins.done()
     stored = ws.root / "storage" / "cwdsnap" / "snapshots" / "iter-00000005"
     assert (stored / "m_iter_5.solverstate").read_bytes() == b"s"
+
+
+def test_a_joined_script_under_a_log_parser_is_recorded_once(ws, tmp_path):
+    # --parser mxnet also read the script's own log lines: every epoch value twice (the parser's
+    # at step 0) and every snapshot uploaded twice.
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent("""
+        import logging, os
+        from ava.train import base as train
+        logging.basicConfig(level=logging.INFO)
+        ins = train.TrainInstance()
+        for epoch in range(2):
+            logging.info("Epoch[%d] Train-accuracy=%f", epoch, 0.5 + epoch / 10)
+            ins.log_metrics({"accuracy": 0.5 + epoch / 10}, step=10 * (epoch + 1), epoch=epoch)
+        ins.done()
+    """))
+    out = ava_run(ws, "--parser", "mxnet", "--id", "once", "--", sys.executable, str(script))
+    assert out.returncode == 0, out.stderr
+    recs = list(iter_records(ws.root / "run" / "once" / "logs" / "metrics.jsonl"))
+    assert [(r["step"], r["value"]) for r in recs if r.get("name") == "accuracy"] == [(10, 0.5), (20, 0.6)]
+    assert "what it records is taken" in out.stderr
+
+
+def test_a_joined_script_that_exits_3_without_done_has_no_log_lines_of_ava_as_its_error(ws, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("import sys\nfrom ava.train import base as train\nins = train.TrainInstance()\n"
+                      "print('epoch 1: data file corrupt')\nsys.exit(3)\n")
+    out = ava_run(ws, "--id", "ex3", "--", sys.executable, str(script))
+    assert out.returncode == 3
+    doc = status(ws, "ex3")
+    # was the script's last log lines: "... marking it done", "training instance ex3 done ..."
+    assert doc["status"] == "failed" and doc["err_msg"].endswith("exited with code 3: epoch 1: data file corrupt"), doc

@@ -226,3 +226,21 @@ def test_a_tensor_or_array_changed_in_place_after_the_call_keeps_the_value_of_th
     assert w.close(timeout=10)
     got = [tuple(r["value"] for r in sink.records[i:i + 3]) for i in range(0, 9, 3)]
     assert got == expected  # the old writer read the tensors later: 0.0 and the last weight each time
+
+
+def test_units_that_are_not_text_are_refused_at_the_call_and_lose_nothing(tmp_path):
+    # A bytes unit was taken; then no record could be written, a good one was lost too, and
+    # close() waited out its whole timeout.
+    from ava.errors import MetricsError
+    from ava.metrics.sinks.jsonl import JsonlSink, iter_records
+    from ava.metrics.writer import MetricsWriter
+
+    w = MetricsWriter([JsonlSink(tmp_path / "m.jsonl")], rank=0)
+    w.log_metrics({"acc": 0.5}, step=1, units={"acc": "%"})
+    with pytest.raises(MetricsError, match="units"):
+        w.log_metrics({"acc": 0.6}, step=2, units={"acc": b"%"})
+    with pytest.raises(MetricsError, match="units"):
+        w.log_metrics({"acc": 0.6}, step=2, units=["%"])
+    w.log_metrics({"acc": 0.7}, step=3)
+    assert w.close(10)
+    assert [(r["step"], r.get("unit")) for r in iter_records(tmp_path / "m.jsonl")] == [(1, "%"), (3, None)]

@@ -3,7 +3,7 @@
 import pytest
 
 from ava.env import Env
-from ava.metrics.forward import ChildListener
+from ava.metrics.forward import ChildForwarder, ChildListener
 from ava.train import base as train
 from ava.train.attached import AttachedInstance, holder_of
 
@@ -67,3 +67,76 @@ def test_a_joined_script_whose_ava_run_is_gone_trains_on_and_says_so_once(tmp_pa
     with pytest.raises(Exception, match="phase"):  # the caller's own mistakes are still raised
         other.log_metrics({"x": 1}, phase="bad")
     other.done()
+
+
+def joined_instance(tmp_path, lis, name="r1"):
+    env = {"AVA_RUN_LISTENER": lis.address, "AVA_TRAINING_INSTANCE_ID": name, "AVA_WORKSPACE": str(tmp_path)}
+    return train.TrainInstance(env=env, setup_logging=False, handle_signals=False)
+
+
+def test_a_joined_instance_checks_calls_as_a_standalone_one_does(tmp_path, caplog):
+    from ava.errors import MetricsError, UsageError
+
+    got = []
+    lis = ChildListener(lambda *a, **k: got.append(a), lambda *a, **k: None, save_snapshot=lambda *a, **k: None)
+    try:
+        ins = joined_instance(tmp_path, lis)
+        (tmp_path / "ck.bin").write_bytes(b"x")
+        for bad in (None, ["x"], "", "../up"):  # None killed ava run's listener thread: every later record lost
+            with pytest.raises(UsageError, match="snapshot name"):
+                ins.save_snapshot([tmp_path / "ck.bin"], bad)
+        with pytest.raises(UsageError, match="meta must hold JSON"):
+            ins.save_snapshot([tmp_path / "ck.bin"], "s1", {"model": object()})
+        with pytest.raises(TypeError, match="unexpected keyword argument 'foo'"):  # was sent, then dropped by ava run
+            ins.log_metrics({"loss": 0.5}, step=1, foo=1)
+        with pytest.raises(MetricsError, match="has a str value"):  # was accepted
+            ins.log_metrics({"loss": "0.5"}, step=1)
+        with pytest.raises(MetricsError, match="units"):
+            ins.log_metrics({"acc": 1.0}, step=1, units={"acc": b"%"})
+        ins.log_metrics({"loss": 0.25}, step=2)
+        ins.done()
+        ins.done(err_msg="late failure")  # said, as a standalone instance says it
+        lis.drain()
+    finally:
+        lis.close()
+    assert got == [({"loss": 0.25}, 2, None, None, "train")]
+    assert any("done(err_msg='late failure') changes nothing" in r.getMessage() for r in caplog.records)
+
+
+def test_the_listener_survives_a_message_its_handler_fails_on_and_drains_at_once(tmp_path):
+    import time
+
+    got = []
+
+    def save(files, name, meta, step=None):
+        raise AttributeError("boom")  # any failure of the holder's side
+
+    lis = ChildListener(lambda *a, **k: got.append(a[1]), lambda *a, **k: None, save_snapshot=save)
+    try:
+        fwd = ChildForwarder(lis.address)
+        fwd.save_snapshot(["/x"], "s", {}, None)
+        fwd.log_metrics({"loss": 1.0}, step=7)
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert got == [7] and lis._thread.is_alive()
+        t0 = time.monotonic()
+        for _ in range(20):  # each waited 0.5-1.9 s for the lock the listener thread kept retaking
+            lis.drain()
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        lis.close()
+
+
+def test_a_joined_instance_sends_a_call_of_thousands_of_values_in_parts(tmp_path):
+    got: dict = {}
+    lis = ChildListener(lambda values, *a, **k: got.update(values), lambda *a, **k: None)
+    try:
+        ins = joined_instance(tmp_path, lis)
+        values = {f"class_{i:04d}/average_precision": i / 3000 for i in range(3000)}  # about 110 KB of JSON
+        ins.log_metrics(values, step=1, units={"class_0001/average_precision": "AP"})
+        ins.done()
+        lis.drain()
+    finally:
+        lis.close()
+    assert got == values  # MetricsError: limited to 65536 bytes, and the script failed
