@@ -7,9 +7,12 @@ lines when it is not 0). ``ava run`` exits with CMD's code.
 
 SIGTERM, SIGINT or SIGHUP (a closed terminal) to ``ava run`` is passed to CMD's process group
 (``--stop-signal`` chooses what CMD gets; with ``--parser caffe`` it is SIGINT, on which Caffe
-writes a snapshot and stops); the snapshot is uploaded within ``AVA_PREEMPT_TIMEOUT``, the status becomes
-``preempted`` and ``ava run`` exits with 128 + the signal's number. A second signal kills CMD
-and exits at once.
+writes a snapshot and stops); the snapshot is uploaded within ``AVA_PREEMPT_TIMEOUT``, the
+status becomes ``preempted`` and ``ava run`` exits with 128 + the signal's number. A second
+signal kills CMD and exits at once.
+
+A script in CMD that opens its own ``TrainInstance()`` joins this instance
+(:mod:`ava.train.attached`): what it records comes here, and the parser's records stop.
 
 Example:
     $ ava run --parser caffe -- caffe train -solver solver.prototxt
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace, env: Env) -> int:
     from ava.monitor.regex import RegexParser
     from ava.parse_log import make_parser
     from ava.train import base as train
+    from ava.train.resume import last_progress
     from ava.utils import cmd
 
     command = list(args.command)
@@ -78,7 +82,7 @@ def run(args: argparse.Namespace, env: Env) -> int:
             raise UsageError(f"--snapshot-file {f}: no such file")
     ins = train.TrainInstance(args.id, env=env)
     if regex is not None and regex.counted:  # a resumed instance: its counted steps go on, not from 0
-        last = ins.resume_info(download=False).step
+        _, last = last_progress(ins.metrics_path, ins.rank)
         if last is not None:
             regex.continue_after(last)
     hooks: list[Any] = []
