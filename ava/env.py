@@ -320,25 +320,6 @@ class Env:
     def log_level(self) -> str | None:
         return self.get(AVA_LOG_LEVEL)
 
-    def check_endpoints(self) -> None:
-        """``AVA_STATUS_HOST`` and ``AVA_API_HOST``, when set, are http(s) URLs with a host;
-        :class:`ConfigError` naming the variable otherwise (a typo must not silently turn
-        platform reporting off)."""
-        from urllib.parse import urlsplit
-
-        for name in (AVA_STATUS_HOST, AVA_API_HOST):
-            raw = self.get(name)
-            if raw is None:
-                continue
-            try:
-                parts = urlsplit(raw.strip())
-                ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-                parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ConfigError(f"{name}={raw!r} is not an http(s) URL with a host; write e.g. http://host:port")
-
     def status_host(self, config_dir: Path | None = None) -> str | None:
         """The metric endpoint: ``AVA_STATUS_HOST``, else ``config/worker`` ``atnet_status_host``."""
         return self.get(AVA_STATUS_HOST) or self._config_value(config_dir, CONFIG_WORKER, "atnet_status_host")

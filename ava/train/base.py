@@ -115,7 +115,6 @@ class TrainInstance(Finishing):
         # run directory, no status.json and no lock behind.
         done_timeout = self._env.done_timeout
         preempt_timeout = self._env.preempt_timeout
-        self._env.check_endpoints()
         if self._env.storage_url:
             try:
                 check_storage_url(self._env.storage_url)

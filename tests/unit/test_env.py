@@ -71,21 +71,3 @@ def test_config_that_is_not_an_object_is_refused(tmp_path):
     (tmp_path / "user").write_text("[1, 2]")
     with pytest.raises(ConfigError, match="holds a JSON list"):
         read_config(tmp_path, "user")
-
-
-@pytest.mark.parametrize("name", ["AVA_STATUS_HOST", "AVA_API_HOST"])
-@pytest.mark.parametrize("raw", ["notaurl", "ftp://x", "http://", "http://h:notaport"])
-def test_an_endpoint_that_is_not_an_http_url_is_refused_naming_the_variable(name, raw):
-    with pytest.raises(ConfigError, match=f"^{name}="):
-        Env({name: raw}).check_endpoints()
-
-
-def test_a_bad_endpoint_fails_the_instance_before_anything_is_written(tmp_path):
-    # It logged one error and ran on without the platform (compat.md: bad AVA_* settings fail
-    # the constructor before anything is written).
-    from ava.train import base as train
-
-    with pytest.raises(ConfigError, match="AVA_STATUS_HOST='notaurl'"):
-        train.TrainInstance("x", workspace=tmp_path, setup_logging=False, env={"AVA_STATUS_HOST": "notaurl"})
-    assert not (tmp_path / "run" / "x").exists()
-    Env({"AVA_STATUS_HOST": "http://127.0.0.1:1", "AVA_API_HOST": "https://api.example/v1"}).check_endpoints()
