@@ -126,6 +126,8 @@ def cmd_upload(args: argparse.Namespace, env: Env) -> int:
             from ava.storage.tree import local_files, upload_tree
 
             files = local_files(src)  # once: what it leaves out is said once
+            if not files:  # storage has no empty folders: a later fetch of the URL finds nothing
+                print(f"ava: warning: {src} holds no files; nothing is uploaded", file=sys.stderr)
             progress.set_total(sum(p.stat().st_size for p, _ in files))
 
             def run() -> tuple[int, int]:

@@ -15,10 +15,13 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ava.errors import ObjectNotFoundError, UsageError
 from ava.storage.base import ObjectInfo
+
+log = logging.getLogger(__name__)
 
 
 class Uploader:
@@ -46,8 +49,12 @@ class Uploader:
         if "/" in bucket or bucket.strip() != bucket:
             raise UsageError(f"bucket {bucket!r} is not a bucket name (no '/' or spaces); put the path in the key")
         path = Path(filepath)
+        if path.is_dir():
+            raise UsageError(f"cannot upload {path}: it is a directory; upload its files, or use ava upload DIR URL")
         if not path.is_file():
             raise ObjectNotFoundError(f"cannot upload {path}: no such file")
+        if key.startswith("/"):  # qiniu:// URLs cannot hold it: said, not silently moved
+            log.warning("key %r is stored as %r (a key here does not start with '/')", key, key.lstrip("/"))
         if self._store is None:
             from ava.storage.qiniu import QiniuStorage
 

@@ -89,6 +89,13 @@ def test_qiniu_without_credentials_is_a_setting_to_make_exit_2(ava, tmp_path, mo
     assert err.strip().startswith("ava: no Qiniu credentials for qiniu://bkt/a.txt: set AVA_ACCESS_KEY")
 
 
+def test_upload_of_an_empty_folder_says_nothing_is_uploaded(ava, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, out, err = ava("upload", str(tmp_path / "empty"), f"file://{tmp_path}/store/e")
+    assert code == 0 and summary(out).group(2) == "0"
+    assert f"{tmp_path / 'empty'} holds no files; nothing is uploaded" in err
+
+
 def test_bad_input_exits_2_with_one_line(ava, tmp_path):
     code, _, err = ava("upload", str(tmp_path / "absent"), f"file://{tmp_path}/store/x")
     assert code == 2 and "no such file or directory" in err and err.count("\n") == 1

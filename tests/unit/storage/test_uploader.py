@@ -30,6 +30,21 @@ def test_clear_errors_before_any_network(tmp_path):
         Uploader("ak", "sk").upload_file(tmp_path / "x", "k")
     with pytest.raises(ObjectNotFoundError, match="no such file"):
         Uploader("ak", "sk", bucket="b").upload_file(tmp_path / "missing.bin", "k")
+    with pytest.raises(UsageError, match="is a directory"):  # was "no such file"
+        Uploader("ak", "sk", bucket="b").upload_file(tmp_path, "k")
+
+
+def test_a_key_with_a_leading_slash_is_said_to_be_stored_without_it(tmp_path, monkeypatch, caplog):
+    with KodoServer(tmp_path / "kodo") as kodo:
+        for name, value in kodo.env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("AVA_QINIU_RESUME_DIR", str(tmp_path / "resume"))
+        kodo.create_bucket("models")
+        src = tmp_path / "a.txt"
+        src.write_bytes(b"a")
+        info = Uploader(kodo.access_key, kodo.secret_key, bucket="models").upload_file(src, "/lead/a.txt")
+    assert info.url == "qiniu://models/lead/a.txt"
+    assert any("key '/lead/a.txt' is stored as 'lead/a.txt'" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("bucket", ["a/b", " a", "a "])
