@@ -25,7 +25,7 @@ import json
 import logging
 import math
 import os
-import select
+import selectors
 import shutil
 import socket
 import tempfile
@@ -65,6 +65,26 @@ def _plain(name: str, value: Any) -> Any:
         raise MetricsError(f"metric {name!r} must be a number, got {type(value).__name__}") from None
 
 
+def _datagrams(obj: Any) -> list[bytes]:
+    """``obj`` as datagrams of at most :data:`_MAX_DATAGRAM` bytes: a metrics call with many
+    values in parts (each with its own units); anything else whole, or a :class:`MetricsError`."""
+    data = _encode(obj)
+    if len(data) <= _MAX_DATAGRAM:
+        return [data]
+    if obj[0] == "m" and len(obj[1]) > 1:
+        items = list(obj[1].items())
+        half = len(items) // 2
+        units = obj[6].get("units")
+        out: list[bytes] = []
+        for part in (items[:half], items[half:]):
+            kw = dict(obj[6], units={k: units[k] for k, _ in part if k in units}) if units else obj[6]
+            out += _datagrams([obj[0], dict(part), *obj[2:6], kw])
+        return out
+    what = {"m": "one metric value", "s": f"a snapshot of {len(obj[1])} files"}.get(obj[0], "one record")
+    raise MetricsError(f"{what} is too long to hand to the process that records for this one: "
+                       f"{len(data)} bytes of JSON, at most {_MAX_DATAGRAM}")
+
+
 def _encode(obj: Any) -> bytes:
     # Non-finite values as strings: the parent's writer takes them back as floats.
     def fix(v: Any) -> Any:
@@ -95,18 +115,12 @@ class ChildForwarder:
     def _send(self, obj: Any) -> None:
         if self.dropping:
             return
-        data = _encode(obj)
-        if len(data) > _MAX_DATAGRAM:
-            if obj[0] == "m" and len(obj[1]) > 1:  # many values: in parts, each a datagram
-                items = list(obj[1].items())
-                half = len(items) // 2
-                for part in (items[:half], items[half:]):
-                    units = obj[6].get("units")
-                    kw = dict(obj[6], units={k: units[k] for k, _ in part if k in units}) if units else obj[6]
-                    self._send([obj[0], dict(part), *obj[2:6], kw])
-                return
-            raise MetricsError(f"one record sent to the process that records for this one is limited to "
-                               f"{_MAX_DATAGRAM} bytes of JSON, got {len(data)}")
+        # Every datagram is built (and its size checked) before the first is sent: a call is
+        # recorded whole or not at all.
+        for data in _datagrams(obj):
+            self._send_data(data)
+
+    def _send_data(self, data: bytes) -> None:
         with self._lock:
             try:
                 if self._sock is None:
@@ -185,6 +199,10 @@ class ChildListener:
         self._sock.bind(self.address)
         self._lock = threading.Lock()  # one reader at a time: the thread, or drain()
         self._closed = False
+        # epoll, not select(): a training process may have more than 1024 files open
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._sock, selectors.EVENT_READ)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._thread = threading.Thread(target=self._run, name="ava-child-metrics", daemon=True)
         self._thread.start()
 
@@ -212,10 +230,12 @@ class ChildListener:
     def _run(self) -> None:
         while not self._closed:
             try:
-                ready, _, _ = select.select([self._sock, self._wake_r], [], [], 1.0)
-            except (OSError, ValueError):  # closed under us
+                events = self._selector.select(1.0)
+            except (OSError, ValueError) as exc:
+                if not self._closed:  # the records of children now wait for drain(): say why
+                    log.warning("the listener for metrics from child processes stopped: %s", exc)
                 return
-            if self._sock not in ready:
+            if not any(key.fileobj is self._sock for key, _ in events):
                 continue
             # The lock only around taking and recording one message (in order with drain()),
             # never around the wait: drain() gets it at once.
@@ -241,6 +261,9 @@ class ChildListener:
                 self._handle(data)
 
     def close(self) -> None:
+        """Stop the thread and remove the socket; safe twice."""
+        if self._closed:
+            return
         self._closed = True
         try:
             os.write(self._wake_w, b"x")
@@ -248,20 +271,22 @@ class ChildListener:
             pass
         self._thread.join(1.0)
         self._sock.close()
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._close_wake()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+    def _close_wake(self) -> None:
+        self._selector.close()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._wake_r = self._wake_w = -1
 
     def forget_in_child(self) -> None:
         """In a forked child: close this process's copy of the socket (the parent's stays), so the
         socket ends with the parent and a child sending later gets an error instead of waiting."""
         self._closed = True
         self._sock.close()
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._close_wake()

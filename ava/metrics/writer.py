@@ -91,7 +91,8 @@ class MetricsWriter:
         self._closing = False
         self._abandon = False  # close() gave up waiting: stop retrying
         self._forked = False
-        self._units_checked: Any = None  # the last units mapping checked (the adapters reuse one)
+        self._units_given: Any = None  # the last units mapping given (the adapters reuse one)
+        self._units_copy: dict[str, str] = {}  # ... and the checked copy of it that records hold
         self._write_failing = False
         self._surface: MetricsError | None = None  # raised once, on the caller's next call
         self._sink_failed: set[int] = set()
@@ -129,9 +130,11 @@ class MetricsWriter:
                     break
         else:
             metrics = check_metrics(metrics)
-        if units is not None and units is not self._units_checked:  # adapters pass one dict each call
-            check_units(units)
-            self._units_checked = units
+        if units is not None:  # adapters pass one dict each call: checked again only when it changed
+            if units is not self._units_given or units != self._units_copy:
+                self._units_copy = check_units(units)  # a copy: a later change to the caller's dict is not ours
+                self._units_given = units
+            units = self._units_copy
         if net is not None and type(net) is not int:
             net = check_step(net, "net")
         item = (time.time(), step, epoch, batch, phase, metrics, net, units)

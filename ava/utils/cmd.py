@@ -155,7 +155,7 @@ def startproc(args: Args, **popen_kwargs: Any) -> subprocess.Popen[bytes]:
             raise
         return failed
     # Where it started: what its relative paths mean if it exits before /proc is read (child_cwd).
-    proc._ava_cwd = os.path.abspath(os.fspath(kw["cwd"])) if kw.get("cwd") is not None else os.getcwd()  # type: ignore[attr-defined]
+    proc._ava_cwd = os.path.abspath(os.fsdecode(kw["cwd"])) if kw.get("cwd") is not None else os.getcwd()  # type: ignore[attr-defined]
     if kw.get("start_new_session") or kw.get("process_group") is not None:
         _started.add(proc)  # a stop of this process reaches it at exit, even outside logproc
     for f in (proc.stdout, proc.stderr):

@@ -244,3 +244,22 @@ def test_units_that_are_not_text_are_refused_at_the_call_and_lose_nothing(tmp_pa
     w.log_metrics({"acc": 0.7}, step=3)
     assert w.close(10)
     assert [(r["step"], r.get("unit")) for r in iter_records(tmp_path / "m.jsonl")] == [(1, "%"), (3, None)]
+
+
+def test_a_units_dict_changed_after_a_call_is_checked_again_and_not_shared(tmp_path):
+    # Checked once per dict object: a bytes unit added to the same dict later went through, and
+    # every record was lost again.
+    from ava.errors import MetricsError
+    from ava.metrics.sinks.jsonl import JsonlSink, iter_records
+    from ava.metrics.writer import MetricsWriter
+
+    units = {"acc": "%"}
+    w = MetricsWriter([JsonlSink(tmp_path / "m.jsonl")], rank=0)
+    w.log_metrics({"acc": 0.5}, step=1, units=units)
+    units["acc"] = "percent"  # after the call: the record keeps what it was given
+    units["speed"] = b"samples/s"
+    with pytest.raises(MetricsError, match="units"):
+        w.log_metrics({"acc": 0.6, "speed": 9.0}, step=2, units=units)
+    w.log_metrics({"acc": 0.7}, step=3)
+    assert w.close(10)
+    assert [(r["step"], r.get("unit")) for r in iter_records(tmp_path / "m.jsonl")] == [(1, "%"), (3, None)]

@@ -653,3 +653,11 @@ def test_nothing_is_written_to_a_file_without_the_logger(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert run(["sh", "-c", "echo hello"]) == (0, ["hello"])
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def test_child_cwd_is_text_when_the_command_was_started_in_a_bytes_directory(tmp_path):
+    seen = []
+    proc = cmd.startproc(["sh", "-c", "echo x"], cwd=os.fsencode(tmp_path))
+    proc.wait()  # gone before its output is read: /proc cannot tell, where it started does
+    cmd.logproc(proc, lambda line: seen.append(cmd.child_cwd()), echo=False)
+    assert seen == [str(tmp_path)]  # was b'/...': the snapshot hook then failed
