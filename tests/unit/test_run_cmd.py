@@ -189,20 +189,16 @@ def test_a_command_that_ignores_sigterm_is_killed_after_the_preemption_timeout(w
     import os
     import signal
 
+    from tests.unit.utils.test_cmd import signalled
+
     child = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
              "print('ready', flush=True); time.sleep(600)")
-    proc = subprocess.Popen([sys.executable, "-m", "ava", "run", "--id", "ign", "--", sys.executable, "-c", child],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "AVA_WORKSPACE": str(ws.root), "AVA_PREEMPT_TIMEOUT": "1"})
-    try:
-        assert proc.stdout.readline().strip() == "ready"
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(60)  # it waited for the child for ever (until the platform's SIGKILL)
-        err = proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert code == 143, err[-2000:]
+    # it waited for the child for ever (until the platform's SIGKILL)
+    run = signalled([sys.executable, "-m", "ava", "run", "--id", "ign", "--", sys.executable, "-c", child],
+                    signal.SIGTERM, timeout=60,
+                    env={**os.environ, "AVA_WORKSPACE": str(ws.root), "AVA_PREEMPT_TIMEOUT": "1"})
+    err = run.err.decode(errors="replace")
+    assert run.code == 143, err[-2000:]
     assert "did not stop within 1 s of SIGTERM" in err and "killing it" in err
     assert status(ws, "ign")["status"] == "preempted"
 
@@ -312,20 +308,12 @@ def test_a_joined_script_that_fails_fails_the_run_with_its_error(ws, tmp_path, m
 def test_a_joined_script_stopped_by_sigterm_leaves_the_run_preempted(ws, tmp_path):
     script = tmp_path / "train.py"
     script.write_text(JOINING)
-    wrapper = subprocess.Popen([sys.executable, "-m", "ava", "run", "--id", "jstop", "--", sys.executable, str(script),
-                                "wait"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**__import__("os").environ, "AVA_WORKSPACE": str(ws.root)})
-    try:
-        from tests.unit.utils.test_cmd import wait_for_output
+    from tests.unit.utils.test_cmd import signalled
 
-        wait_for_output(wrapper, b"ready\n")
-        wrapper.send_signal(__import__("signal").SIGTERM)
-        _, err = wrapper.communicate(timeout=60)
-    finally:
-        if wrapper.poll() is None:
-            wrapper.kill()
-            wrapper.wait()
-    assert wrapper.returncode == 143, err
+    run = signalled([sys.executable, "-m", "ava", "run", "--id", "jstop", "--", sys.executable, str(script), "wait"],
+                    __import__("signal").SIGTERM, timeout=60,
+                    env={**__import__("os").environ, "AVA_WORKSPACE": str(ws.root)})
+    assert run.code == 143, run.err
     assert status(ws, "jstop")["status"] == "preempted"
     recs = list(iter_records(ws.root / "run" / "jstop" / "logs" / "metrics.jsonl"))
     assert [r["step"] for r in recs if r.get("name") == "loss"] == [0, 1, 2, 4]  # the step after the stop too
@@ -362,21 +350,13 @@ def test_counted_regex_steps_go_on_when_the_instance_runs_again(ws):
 def test_sighup_to_ava_run_stops_the_command_and_the_run_is_preempted(ws):
     # The terminal or ssh session closing: ava run died of it, the command ran on unwatched and
     # the status stayed "running".
-    from tests.unit.utils.test_cmd import wait_for_output
+    from tests.unit.utils.test_cmd import signalled
 
-    wrapper = subprocess.Popen([sys.executable, "-m", "ava", "run", "--id", "hup", "--", "sh", "-c",
-                                "trap 'echo got HUP; exit 0' HUP; echo ready; while :; do sleep 0.05; done"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**__import__("os").environ, "AVA_WORKSPACE": str(ws.root)})
-    try:
-        wait_for_output(wrapper, b"ready\n")
-        wrapper.send_signal(__import__("signal").SIGHUP)
-        out, err = wrapper.communicate(timeout=60)
-    finally:
-        if wrapper.poll() is None:
-            wrapper.kill()
-            wrapper.wait()
-    assert b"got HUP" in out and wrapper.returncode == 129, err
+    run = signalled([sys.executable, "-m", "ava", "run", "--id", "hup", "--", "sh", "-c",
+                     "trap 'echo got HUP; exit 0' HUP; echo ready; while :; do sleep 0.05; done"],
+                    __import__("signal").SIGHUP, timeout=60,
+                    env={**__import__("os").environ, "AVA_WORKSPACE": str(ws.root)})
+    assert b"got HUP" in run.out and run.code == 129, run.err
     doc = status(ws, "hup")
     assert doc["status"] == "preempted" and doc["exit_code"] == 129 and "SIGHUP" in doc["err_msg"]
 

@@ -15,6 +15,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -377,6 +378,32 @@ def wait_for_output(proc: subprocess.Popen, text: bytes, timeout: float = 30) ->
     return seen
 
 
+class Signalled(NamedTuple):
+    out: bytes  # all it wrote to stdout, before the signal and after
+    err: bytes
+    code: int
+    took: float  # seconds from the signal to its exit
+
+
+def signalled(args: list[str], sig: int, *, to_group: bool = False, timeout: float = 30, **popen) -> Signalled:
+    """Start ``args``, wait until it prints ``ready``, send ``sig`` (to its process group with
+    ``to_group``) and wait for it to exit; it is killed if the test fails before that."""
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+    try:
+        seen = wait_for_output(proc, b"ready\n")
+        t0 = time.monotonic()
+        if to_group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        out, err = proc.communicate(timeout=timeout)
+        return Signalled(seen + out, err, proc.returncode, time.monotonic() - t0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.parametrize(
     "sig, script, expected, said",
     [
@@ -392,18 +419,9 @@ def wait_for_output(proc: subprocess.Popen, text: bytes, timeout: float = 30) ->
     ],
 )
 def test_signals_to_the_wrapper_are_forwarded_to_the_child_group(sig, script, expected, said):
-    wrapper = subprocess.Popen([sys.executable, "-c", WRAPPER, script], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
-    try:
-        seen = wait_for_output(wrapper, b"ready\n")
-        wrapper.send_signal(sig)
-        out, err = wrapper.communicate(timeout=30)
-    finally:
-        if wrapper.poll() is None:
-            wrapper.kill()
-            wrapper.wait()
-    assert said in seen + out
-    assert wrapper.returncode == expected, err  # the wrapper exited on its own, with the child's code
+    run = signalled([sys.executable, "-c", WRAPPER, script], sig)
+    assert said in run.out
+    assert run.code == expected, run.err  # the wrapper exited on its own, with the child's code
 
 
 # The guide's Caffe sequence, in a script of its own: a TrainInstance, startproc, logproc, wait, done.
@@ -429,24 +447,12 @@ def test_a_stop_during_the_guides_logproc_reaches_the_child_and_waits_for_it(tmp
     # The Caffe hooks name SIGINT as Caffe's stop signal (it snapshots and stops; SIGTERM kills it).
     script = ("trap 'echo child got TERM; exit 9' TERM; trap 'echo child got INT; sleep 0.3; echo child done; exit 0' INT; "
               "echo ready; while :; do sleep 0.05; done")
-    wrapper = subprocess.Popen([sys.executable, "-c", GUIDE, script], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, env={**os.environ, "AVA_WORKSPACE": str(tmp_path)},
-                               start_new_session=True)
-    try:
-        seen = wait_for_output(wrapper, b"ready\n")
-        child = int(re.search(rb"child (\d+)", seen).group(1))
-        if to_group:
-            os.killpg(wrapper.pid, signal.SIGTERM)
-        else:
-            wrapper.send_signal(signal.SIGTERM)
-        out, err = wrapper.communicate(timeout=30)
-    finally:
-        if wrapper.poll() is None:
-            wrapper.kill()
-            wrapper.wait()
-    assert b"child got INT" in seen + out and b"child done" in seen + out, err
-    assert b"after wait" not in out  # nobody checks should_stop(): it leaves once the child has
-    assert wrapper.returncode == 143, err
+    run = signalled([sys.executable, "-c", GUIDE, script], signal.SIGTERM, to_group=to_group,
+                    env={**os.environ, "AVA_WORKSPACE": str(tmp_path)}, start_new_session=True)
+    child = int(re.search(rb"child (\d+)", run.out).group(1))
+    assert b"child got INT" in run.out and b"child done" in run.out, run.err
+    assert b"after wait" not in run.out  # nobody checks should_stop(): it leaves once the child has
+    assert run.code == 143, run.err
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
     status = __import__("json").loads((tmp_path / "run" / "guide-sig" / "status.json").read_text())
@@ -464,17 +470,9 @@ def test_ctrl_c_during_logproc_without_an_instance_stops_the_child_then_raises_k
             from ava.utils import preempt
             print("interrupted, child exit", proc.wait(), "stop request", preempt.STOP.requested, flush=True)
     """)
-    wrapper = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        wait_for_output(wrapper, b"ready\n")
-        wrapper.send_signal(signal.SIGINT)
-        out, err = wrapper.communicate(timeout=30)
-    finally:
-        if wrapper.poll() is None:
-            wrapper.kill()
-            wrapper.wait()
+    run = signalled([sys.executable, "-c", code], signal.SIGINT)
     # and no stop request left behind for a TrainInstance opened later (it ended as preempted)
-    assert b"child got INT" in out and b"interrupted, child exit 3 stop request False" in out, err
+    assert b"child got INT" in run.out and b"interrupted, child exit 3 stop request False" in run.out, run.err
 
 
 def test_a_signal_the_script_ignores_nohup_stays_ignored_during_logproc_and_for_the_child():
@@ -484,17 +482,9 @@ def test_a_signal_the_script_ignores_nohup_stays_ignored_during_logproc_and_for_
         from ava.utils import cmd
         print(cmd.runproc(["sh", "-c", "echo ready; sleep 1; echo finished"]), flush=True)
     """)
-    wrapper = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
-    try:
-        wait_for_output(wrapper, b"ready\n")
-        wrapper.send_signal(signal.SIGHUP)
-        out, err = wrapper.communicate(timeout=30)
-    finally:
-        if wrapper.poll() is None:
-            wrapper.kill()
-            wrapper.wait()
-    assert b"finished" in out and out.strip().endswith(b"0") and wrapper.returncode == 0, (out, err)
+    run = signalled([sys.executable, "-c", code], signal.SIGHUP,
+                    preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    assert b"finished" in run.out and run.out.strip().endswith(b"0") and run.code == 0, run
 
 
 def test_a_loop_that_checks_should_stop_after_a_forwarded_stop_still_leaves_within_the_timeout(tmp_path):
@@ -512,20 +502,10 @@ def test_a_loop_that_checks_should_stop_after_a_forwarded_stop_still_leaves_with
         time.sleep(15)  # a long step
         print("slept through", flush=True)
     """)
-    wrapper = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**os.environ, "AVA_WORKSPACE": str(tmp_path), "AVA_PREEMPT_TIMEOUT": "2"})
-    try:
-        wait_for_output(wrapper, b"ready\n")
-        t0 = time.monotonic()
-        wrapper.send_signal(signal.SIGTERM)
-        out, err = wrapper.communicate(timeout=30)
-        took = time.monotonic() - t0
-    finally:
-        if wrapper.poll() is None:
-            wrapper.kill()
-            wrapper.wait()
-    assert b"logproc returned" in out and b"slept through" not in out, (out, err)
-    assert wrapper.returncode == 143 and took < 10, (took, err)
+    run = signalled([sys.executable, "-c", code], signal.SIGTERM,
+                    env={**os.environ, "AVA_WORKSPACE": str(tmp_path), "AVA_PREEMPT_TIMEOUT": "2"})
+    assert b"logproc returned" in run.out and b"slept through" not in run.out, run
+    assert run.code == 143 and run.took < 10, run
     status = __import__("json").loads((tmp_path / "run" / "wd" / "status.json").read_text())
     assert status["status"] == "preempted"
 
@@ -542,17 +522,8 @@ def test_a_stop_between_startproc_and_logproc_still_reaches_the_child(tmp_path):
         print("ready", flush=True)
         time.sleep(30)  # not reading yet: the child is in a group of its own
     """)
-    wrapper = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               env={**os.environ, "AVA_WORKSPACE": str(tmp_path)})
-    try:
-        wait_for_output(wrapper, b"ready\n")
-        wrapper.send_signal(signal.SIGTERM)
-        wrapper.communicate(timeout=30)
-    finally:
-        if wrapper.poll() is None:
-            wrapper.kill()
-            wrapper.wait()
-    assert wrapper.returncode == 143
+    run = signalled([sys.executable, "-c", code], signal.SIGTERM, env={**os.environ, "AVA_WORKSPACE": str(tmp_path)})
+    assert run.code == 143
     deadline = time.monotonic() + 10
     while not marker.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
