@@ -148,9 +148,7 @@ def test_snapshots_survive_an_s3_store_failing_every_other_request(backends, mon
 
 def test_snapshots_survive_a_kodo_server_failing_every_other_request(backends, monkeypatch, tmp_path):
     with KodoServer(tmp_path / "kodo") as kodo:
-        for name, value in kodo.env().items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("AVA_QINIU_RESUME_DIR", str(tmp_path / "resume"))
+        kodo.point_env(monkeypatch, tmp_path / "resume")
         kodo.create_bucket("snaps")
         storage_url = "qiniu://snaps/run1/snapshots"
         get_storage(storage_url).retry_delay = 0.01  # type: ignore[attr-defined]

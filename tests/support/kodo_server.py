@@ -506,6 +506,13 @@ class KodoServer:
                 "AVA_QINIU_UP_HOST": self.url, "AVA_QINIU_IO_HOST": self.url, "AVA_QINIU_RS_HOST": self.url,
                 "AVA_QINIU_RSF_HOST": self.url, "AVA_QINIU_DOWNLOAD_DOMAIN": self.download_domain()}
 
+    def point_env(self, monkeypatch: Any, resume_dir: Any = None) -> None:
+        """Set :meth:`env` in the test's environment (and ``AVA_QINIU_RESUME_DIR``, when given)."""
+        for name, value in self.env().items():
+            monkeypatch.setenv(name, value)
+        if resume_dir is not None:
+            monkeypatch.setenv("AVA_QINIU_RESUME_DIR", str(resume_dir))
+
     # --- objects ---------------------------------------------------------------------------
     def create_bucket(self, name: str) -> None:
         with self.lock:

@@ -172,8 +172,7 @@ def test_upload_and_fetch_a_tree_through_qiniu(ava, tmp_path, monkeypatch):
     (src / "sub" / "b.bin").write_bytes(os.urandom(4000))
     with KodoServer(tmp_path / "kodo") as kodo:
         kodo.create_bucket("models")
-        for name, value in kodo.env().items():
-            monkeypatch.setenv(name, value)
+        kodo.point_env(monkeypatch)
         code, out, err = ava("upload", str(src), "qiniu://models/run1")
         assert code == 0, err
         assert summary(out).group(2, 3) == ("2", "7,000")

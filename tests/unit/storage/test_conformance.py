@@ -123,9 +123,7 @@ def backend(request, tmp_path, monkeypatch) -> Iterator[Backend]:
         client.meta.events.unregister("after-call.s3.GetObject", cut)
     else:
         kodo: KodoServer = request.getfixturevalue("kodo")
-        for name, value in kodo.env().items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("AVA_QINIU_RESUME_DIR", str(tmp_path / "resume"))
+        kodo.point_env(monkeypatch, tmp_path / "resume")
         kodo.create_bucket(bucket)
         base = f"qiniu://{bucket}/pre"
 
@@ -484,9 +482,7 @@ def test_kodo_checks_signatures_tokens_and_deadlines(monkeypatch, kodo, tmp_path
     from ava.storage.qiniu import QiniuStorage
 
     use_backends(monkeypatch)
-    for name, value in kodo.env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AVA_QINIU_RESUME_DIR", str(tmp_path / "resume"))
+    kodo.point_env(monkeypatch, tmp_path / "resume")
     kodo.create_bucket("signed")
     url = "qiniu://signed/a b/ü.bin"
     good = QiniuStorage()
@@ -526,9 +522,7 @@ def test_kodo_speaks_form_resumable_v1_and_v2_to_the_sdk(monkeypatch, kodo, tmp_
 
 def test_qiniu_upload_rides_through_a_server_failing_every_other_request(monkeypatch, kodo, tmp_path):
     use_backends(monkeypatch)
-    for name, value in kodo.env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AVA_QINIU_RESUME_DIR", str(tmp_path / "resume"))
+    kodo.point_env(monkeypatch, tmp_path / "resume")
     kodo.create_bucket("flaky")
     store = get_storage("qiniu://flaky/")
     store.retry_delay = 0.01  # type: ignore[attr-defined]
@@ -556,9 +550,7 @@ def test_qiniu_upload_checks_the_returned_hash(monkeypatch, kodo, tmp_path):
     import qiniu.utils
 
     use_backends(monkeypatch)
-    for name, value in kodo.env().items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("AVA_QINIU_RESUME_DIR", str(tmp_path / "resume"))
+    kodo.point_env(monkeypatch, tmp_path / "resume")
     kodo.create_bucket("hashes")
     monkeypatch.setattr(qiniu.utils, "etag", lambda path: "Fnot-the-hash-of-this-file-x")
     with pytest.raises(StorageError, match="Kodo stored hash .* the file's is 'Fnot-the-hash"):
@@ -585,8 +577,7 @@ def test_qiniu_upload_to_a_host_that_is_not_kodo_says_so(monkeypatch, kodo, tmp_
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         use_backends(monkeypatch)
-        for name, value in kodo.env().items():
-            monkeypatch.setenv(name, value)
+        kodo.point_env(monkeypatch)
         monkeypatch.setenv("AVA_QINIU_UP_HOST", f"http://127.0.0.1:{server.server_address[1]}")
         monkeypatch.setenv("AVA_QINIU_RESUME_DIR", str(tmp_path / "resume"))
         with pytest.raises(StorageError, match="the upload host answered without the stored file's hash.*proxy"):

@@ -36,9 +36,7 @@ def test_clear_errors_before_any_network(tmp_path):
 
 def test_a_key_with_a_leading_slash_is_said_to_be_stored_without_it(tmp_path, monkeypatch, caplog):
     with KodoServer(tmp_path / "kodo") as kodo:
-        for name, value in kodo.env().items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("AVA_QINIU_RESUME_DIR", str(tmp_path / "resume"))
+        kodo.point_env(monkeypatch, tmp_path / "resume")
         kodo.create_bucket("models")
         src = tmp_path / "a.txt"
         src.write_bytes(b"a")

@@ -537,8 +537,7 @@ def test_qiniu_urls_against_the_kodo_protocol_server(tmp_path, monkeypatch):
     with KodoServer(tmp_path / "kodo") as kodo:
         kodo.create_bucket("data")
         kodo.put_object("data", "train/a.bin", data)
-        for name, value in kodo.env().items():
-            monkeypatch.setenv(name, value)
+        kodo.point_env(monkeypatch)
         kodo.drop_download_after, kodo.drop_downloads = 3 << 20, 1
         with Fetcher(backoff=0.001) as f:
             assert f.fetch_huge_file("qiniu://data/train/a.bin", tmp_path / "a.bin").read_bytes() == data
@@ -562,8 +561,7 @@ def test_the_old_platforms_zone_urls_against_the_kodo_protocol_server(tmp_path, 
     with KodoServer(tmp_path / "kodo") as kodo:
         kodo.create_bucket("models")
         kodo.put_object("models", "r50/big.bin", data)
-        for name, value in kodo.env().items():
-            monkeypatch.setenv(name, value)
+        kodo.point_env(monkeypatch)
         with Fetcher(backoff=0.001) as f:
             for url in ("qiniu://z0/models/r50/big.bin", "qiniu://1234@z0/models/r50/big.bin",
                         "qiniu://cn-east-2/models/r50/big.bin"):
