@@ -61,6 +61,22 @@ class Finishing:
         preempt.end()
         raise SystemExit(preempt.STOP.exit_code)
 
+    def _finishing(self, err_msg: str) -> bool:
+        """The start of ``done()`` (under its lock): False when the instance is finished already
+        (a failure reported after the end is said, not lost silently); else the hooks adapters
+        registered to hand over what they hold have run, and True."""
+        if self._status_doc is None or self._status_doc.get("status") in FINAL_STATUSES:
+            if err_msg and self._status_doc is not None:
+                log.warning("instance %s is %s already; done(err_msg=%r) changes nothing (call done() once, "
+                            "at the end)", self.training_ins_id, self._status_doc.get("status"), str(err_msg)[:200])
+            return False
+        for hook in self._before_done:
+            try:
+                hook()
+            except Exception as exc:  # noqa: BLE001 - finishing must go on
+                log.error("instance %s: %s", self.training_ins_id, exc)
+        return True
+
     def _finish_preempted(self, budget: float, quick: bool) -> None:
         if os.getpid() != self._pid:
             return
@@ -94,16 +110,8 @@ class Finishing:
             log.warning("done() called in a forked child of the instance's process; ignored")
             return
         with self._done_lock:
-            if self._status_doc is None or self._status_doc.get("status") in FINAL_STATUSES:
-                if err_msg and self._status_doc is not None:  # a failure found after the end: not silently lost
-                    log.warning("instance %s is %s already; done(err_msg=%r) changes nothing (call done() once, "
-                                "at the end)", self.training_ins_id, self._status_doc.get("status"), str(err_msg)[:200])
+            if not self._finishing(err_msg):
                 return
-            for hook in self._before_done:
-                try:
-                    hook()
-                except Exception as exc:  # noqa: BLE001 - finishing must go on
-                    log.error("instance %s: %s", self.training_ins_id, exc)
             preempted = preempt.STOP.requested
             if timeout is None:
                 timeout = self._env.preempt_timeout if preempted else self._env.done_timeout

@@ -38,7 +38,7 @@ from ava.train._finish import _live, _weak_finisher
 from ava.train.base import TrainInstance
 from ava.train.distributed import initialized_process_group
 from ava.train.ids import check_instance_id
-from ava.train.status import FINAL_STATUSES, STATUS_DONE, STATUS_FAILED, STATUS_PREEMPTED, STATUS_RUNNING, StatusFile
+from ava.train.status import STATUS_DONE, STATUS_FAILED, STATUS_PREEMPTED, STATUS_RUNNING, StatusFile
 from ava.utils import preempt
 from ava.workspace import Workspace
 
@@ -166,16 +166,8 @@ class AttachedInstance(TrainInstance):
         if os.getpid() != self._pid:
             return
         with self._done_lock:
-            if self._status_doc.get("status") in FINAL_STATUSES:
-                if err_msg:  # as TrainInstance.done says it: a failure found after the end is not lost silently
-                    log.warning("instance %s is %s already; done(err_msg=%r) changes nothing (call done() once, "
-                                "at the end)", self.training_ins_id, self._status_doc.get("status"), str(err_msg)[:200])
+            if not self._finishing(err_msg):
                 return
-            for hook in self._before_done:
-                try:
-                    hook()
-                except Exception as exc:  # noqa: BLE001 - finishing must go on
-                    log.error("instance %s: %s", self.training_ins_id, exc)
             status = STATUS_PREEMPTED if preempt.STOP.requested else STATUS_FAILED if err_msg else STATUS_DONE
             self._send(self._holder.finish, str(err_msg or ""), exit_code)
             self._status_doc = dict(self._status_doc, status=status, err_msg=str(err_msg or ""))
