@@ -82,23 +82,8 @@ class SnapshotUploader:
     # --- the caller's side -------------------------------------------------------------
     def submit(self, files: Sequence[str | Path], key_prefix: str, meta: dict[str, Any] | None = None) -> str:
         """Queue one snapshot (its files, uploaded under ``key_prefix``); returns at once."""
-        if not isinstance(key_prefix, str):
-            raise UsageError(f"snapshot name {key_prefix!r} must be a non-empty relative path without '..'")
-        key_prefix = key_prefix.strip("/")
-        if not key_prefix or ".." in key_prefix.split("/"):
-            raise UsageError(f"snapshot key prefix {key_prefix!r} must be a non-empty relative path without '..'")
-        paths = [str(Path(f).absolute()) for f in files]
-        if not paths:
-            raise UsageError(f"snapshot {key_prefix!r} has no files")
-        folders = [p for p in paths if os.path.isdir(p)]
-        if folders:
-            raise UsageError(f"snapshot {key_prefix!r}: {folders[0]} is a directory; give the files in it "
-                             "(a snapshot is a flat set of files), or upload the folder with upload_tree")
-        names = [Path(p).name for p in paths]
-        if len(set(names)) != len(names):
-            raise UsageError(f"snapshot {key_prefix!r} has two files with the same name: {sorted(names)}")
-        entry = {"id": key_prefix, "files": paths, "meta": _plain_meta(meta or {}, key_prefix), "state": PENDING,
-                 "submitted": time.time()}
+        key_prefix, paths, plain = checked_snapshot(files, key_prefix, meta)
+        entry = {"id": key_prefix, "files": paths, "meta": plain, "state": PENDING, "submitted": time.time()}
         with self._cond:
             self._snapshots.append(entry)
             self._save_state()
@@ -399,6 +384,29 @@ def read_latest(storage_url: str) -> str | None:
         return store.get_text(join_url(storage_url, LATEST)).strip() or None
     except ObjectNotFoundError:
         return None
+
+
+def checked_snapshot(files: Sequence[str | Path], key_prefix: Any,
+                     meta: Mapping[str, Any] | None) -> tuple[str, list[str], dict[str, Any]]:
+    """A snapshot as :meth:`SnapshotUploader.submit` takes it: ``(name, absolute paths, meta as
+    plain JSON)``, or a :class:`UsageError` on the caller's thread (a bad name, no files, a
+    directory, two files of one name, meta that is not JSON)."""
+    if not isinstance(key_prefix, str):
+        raise UsageError(f"snapshot name {key_prefix!r} must be a non-empty relative path without '..'")
+    key_prefix = key_prefix.strip("/")
+    if not key_prefix or ".." in key_prefix.split("/"):
+        raise UsageError(f"snapshot name {key_prefix!r} must be a non-empty relative path without '..'")
+    paths = [str(Path(f).absolute()) for f in files]
+    if not paths:
+        raise UsageError(f"snapshot {key_prefix!r} has no files")
+    folders = [p for p in paths if os.path.isdir(p)]
+    if folders:
+        raise UsageError(f"snapshot {key_prefix!r}: {folders[0]} is a directory; give the files in it "
+                         "(a snapshot is a flat set of files), or upload the folder with upload_tree")
+    names = [Path(p).name for p in paths]
+    if len(set(names)) != len(names):
+        raise UsageError(f"snapshot {key_prefix!r} has two files with the same name: {sorted(names)}")
+    return key_prefix, paths, _plain_meta(meta or {}, key_prefix)
 
 
 def _plain_meta(meta: Mapping[str, Any], snapshot: str) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from ava.log.logger import initialize_logger
 from ava.metrics.forward import ChildForwarder, HolderGone
 from ava.metrics.record import check_step
 from ava.metrics.sinks.jsonl import _last_seq
-from ava.snapshot import _plain_meta
+from ava.snapshot import checked_snapshot
 from ava.train._finish import _live, _weak_finisher
 from ava.train.base import TrainInstance
 from ava.train.distributed import initialized_process_group
@@ -146,19 +146,12 @@ class AttachedInstance(TrainInstance):
 
     def save_snapshot(self, files: Sequence[str | Path], name: str, meta: Mapping[str, Any] | None = None,
                       step: int | None = None, *, sharded: bool = False) -> str:
-        """Hand a snapshot to ``ava run``'s uploader (paths made absolute here: its directory is not ours)."""
-        if not isinstance(name, str) or not name.strip("/") or ".." in name.split("/"):
-            raise UsageError(f"snapshot name {name!r} must be a non-empty relative path without '..'")
+        """Hand a snapshot to ``ava run``'s uploader, checked here as ``submit`` checks it (paths
+        made absolute here: its directory is not ours)."""
         if isinstance(files, (str, os.PathLike)):
             files = [files]
-        paths = [os.path.abspath(os.fspath(f)) for f in files]
-        if not paths:
-            raise UsageError(f"snapshot {name!r} has no files")
-        meta = _plain_meta(dict(meta or {}), name)  # what cannot be JSON is refused here, as at submit
-        folders = [p for p in paths if os.path.isdir(p)]
-        if folders:
-            raise UsageError(f"snapshot {name!r}: {folders[0]} is a directory; give the files in it")
-        self._send(self._holder.save_snapshot, paths, name, meta, check_step(step))
+        name, paths, plain = checked_snapshot(files, name, meta)
+        self._send(self._holder.save_snapshot, paths, name, plain, check_step(step))
         return name
 
     def done(self, err_msg: str = "", *, exit_code: int | None = None, timeout: float | None = None) -> None:
