@@ -71,10 +71,7 @@ class AttachedInstance(TrainInstance):
         self._env = env if isinstance(env, Env) else Env(env)
         preempt_timeout = self._env.preempt_timeout
         address = self._env.run_listener or ""
-        if isinstance(workspace, Workspace):
-            self.workspace = workspace
-        else:
-            self.workspace = Workspace(workspace) if workspace is not None else Workspace.discover(self._env)
+        self.workspace = self._workspace_of(workspace)
         self.rank = 0
         self.training_ins_id = check_instance_id(training_ins_id or self._env.training_instance_id or "")
         self._pid = os.getpid()
@@ -83,12 +80,7 @@ class AttachedInstance(TrainInstance):
         self._writer = self._http = self._uploader = self._platform = self._children = None
         self._resume_info = None
         self._warned_unsharded = False
-        self.run_dir = self.workspace.run_dir(self.training_ins_id)
-        self.output_dir = self.run_dir / "output"
-        self.logs_dir = self.run_dir / "logs"
-        self.metrics_path = self.logs_dir / "metrics.jsonl"
-        self.status_path = self.run_dir / "status.json"
-        self._snapshot_state = self.run_dir / "snapshots.json"
+        self._set_paths()
         self._status = StatusFile(self.status_path)
         self._status_doc = self._status.read() or {"id": self.training_ins_id, "status": STATUS_RUNNING,
                                                    "history": []}

@@ -120,12 +120,7 @@ class TrainInstance(Finishing):
                 check_storage_url(self._env.storage_url)
             except AvaError as exc:
                 raise ConfigError(f"AVA_STORAGE_URL: {exc}") from None
-        if isinstance(workspace, Workspace):
-            self.workspace = workspace
-        elif workspace is not None:
-            self.workspace = Workspace(workspace)
-        else:
-            self.workspace = Workspace.discover(self._env)
+        self.workspace = self._workspace_of(workspace)
         self.workspace.ensure()
         explicit = training_ins_id if training_ins_id is not None else self._env.training_instance_id
         if training_ins_id is None and explicit is not None:
@@ -166,15 +161,9 @@ class TrainInstance(Finishing):
         self._status_doc: dict[str, Any] | None = None
         self._writer: MetricsWriter | None = None
 
-        self.run_dir = self.workspace.run_dir(self.training_ins_id)
-        self.output_dir = self.run_dir / "output"
-        self.logs_dir = self.run_dir / "logs"
+        self._set_paths()
         for d in (self.output_dir, self.logs_dir):
             self.workspace._mkdir(d)
-        suffix = "" if self.rank == 0 else f".rank{self.rank}"
-        self.metrics_path = self.logs_dir / f"metrics{suffix}.jsonl"
-        self.status_path = self.run_dir / "status.json"
-        self._snapshot_state = self.run_dir / f"snapshots{suffix}.json"
 
         if setup_logging:
             # In a distributed run every line carries the rank (rank 0's too).
@@ -222,6 +211,22 @@ class TrainInstance(Finishing):
         except BaseException as exc:  # an error, or a SIGTERM arriving while the instance opens
             self._abandon_open(sinks, exc)
             raise
+
+    def _workspace_of(self, workspace: str | Path | Workspace | None) -> Workspace:
+        """The workspace given, else the one the environment points at."""
+        if isinstance(workspace, Workspace):
+            return workspace
+        return Workspace(workspace) if workspace is not None else Workspace.discover(self._env)
+
+    def _set_paths(self) -> None:
+        """``run/<id>/`` and the files in it of this rank (rank k > 0: ``.rank<k>`` in the names)."""
+        self.run_dir = self.workspace.run_dir(self.training_ins_id)
+        self.output_dir = self.run_dir / "output"
+        self.logs_dir = self.run_dir / "logs"
+        suffix = "" if self.rank == 0 else f".rank{self.rank}"
+        self.metrics_path = self.logs_dir / f"metrics{suffix}.jsonl"
+        self.status_path = self.run_dir / "status.json"
+        self._snapshot_state = self.run_dir / f"snapshots{suffix}.json"
 
     def _abandon_open(self, sinks: list[Sink], exc: BaseException) -> None:
         """The constructor failed after status.json was begun: close what it opened (the lock
