@@ -152,6 +152,27 @@ class MetricsWriter:
                 return
         self._put(item)
 
+    def log_own(self, metrics: dict[str, Any], step: int, epoch: int | None, batch: int | None,
+                units: dict[str, str] | None) -> None:
+        """:meth:`log_metrics` of a ``train`` record for a framework adapter's batch: ``metrics``
+        is a dict of str names the caller built for this call and gives away, ``step``, ``epoch``
+        and ``batch`` are ints (or None), and ``units`` is a dict already checked that the caller
+        never changes. Nothing is copied or checked here; a value that cannot be converted is
+        said on the writer thread and raised at the next call, as for :meth:`log_metrics`.
+        """
+        item = (time.time(), step, epoch, batch, "train", metrics, None, units)
+        if self._forked or self._surface is not None:
+            self._put(item)
+            return
+        with self._lock:
+            if not (self._closing or len(self._buf) >= self._max):
+                self._buf.append(item)
+                self._enqueued += 1
+                if len(self._buf) == self._wake_at:
+                    self._cond.notify_all()
+                return
+        self._put(item)
+
     def log_event(self, event: str, step: int | None = None, **details: Any) -> None:
         """Buffer an event record (``{"event": ..., **details}``, no name/value)."""
         if type(event) is not str or not event:

@@ -119,6 +119,7 @@ class BatchEndCallback:
         self._module: Any = None
         self._optimizer: Any = None
         self._units = {"speed": "samples/s"}
+        self._log = _batch_logger(train_ins)
         self._guard = _Guard("ava mxnet batch-end callback")
 
     def __call__(self, param: Any) -> None:
@@ -156,7 +157,7 @@ class BatchEndCallback:
                         values["lr"] = lr
                 values["speed"] = self.batch_freq * self.batch_size / elapsed if elapsed > 0 else math.inf
                 values["samples"] = self._samples
-                self._ins.log_metrics(values, step, epoch, nbatch, units=self._units)
+                self._log(values, step, epoch, nbatch, self._units)
             if loc.get("end_of_batch"):
                 state.epoch_steps[epoch] = step + 1
                 if param.eval_metric is not None:
@@ -186,6 +187,14 @@ class BatchEndCallback:
 
 
 _NO_LOCALS: dict[str, Any] = {}
+
+
+def _batch_logger(train_ins: Any) -> Any:
+    """``train_ins.batch_logger()``, or the same over ``log_metrics`` for an instance without it."""
+    get = getattr(train_ins, "batch_logger", None)
+    if get is not None:
+        return get()
+    return lambda metrics, step, epoch, batch, units: train_ins.log_metrics(metrics, step, epoch, batch, units=units)
 
 
 # --- validation callbacks ------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import Any, Iterator
 
 from ava.errors import InstanceError, MetricsError
 from ava.metrics.sinks._jsonl_encode import (  # noqa: F401 - encode_line and the rest are used from here too
-    _repaired, _utf8_safe, encode_calls, encode_line, encode_lines)
+    _repaired, _utf8_safe, encode_calls, encode_calls_data, encode_line, encode_lines, load_native)
 from ava.metrics.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -203,6 +203,7 @@ class JsonlSink(Sink):
                 ) from None
             raise
         self._reserve = LINE_RESERVE
+        load_native()  # here, not on the writer thread at its first batch
         rfd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             self._offset = _repair_tail(self._fd, self.path)
@@ -218,7 +219,14 @@ class JsonlSink(Sink):
         self._write_texts(texts)
 
     def write_calls(self, entries: list[Any]) -> None:
-        """Write converted calls (the writer's fast path: no dict per record); see :func:`encode_calls`."""
+        """Write converted calls (the writer's fast path: no dict per record); see
+        :func:`encode_calls_data` and :func:`encode_calls`."""
+        if self._fd is None:
+            raise MetricsError(f"{self.path} is closed")
+        data = encode_calls_data(entries)
+        if data is not None:
+            self._write_data(data, max(map(len, data.split(b"\n"))) + 1)
+            return
         try:
             texts = encode_calls(entries)
         except (ValueError, UnicodeError):  # one bad record must not hold back the others
@@ -239,6 +247,11 @@ class JsonlSink(Sink):
             longest = max(map(len, texts), default=0)
         else:
             longest = max((len(t.encode("utf-8")) for t in texts), default=0)
+        self._write_data(data, longest)
+
+    def _write_data(self, data: bytes, longest: int) -> None:
+        """Write whole lines (``longest``: the longest one's length in bytes), framed so that
+        none straddles a page boundary; on failure, cut the file back to where they began."""
         if longest > self._reserve:
             self._reserve = longest
         data = frame_data(data, self._offset, self._reserve)

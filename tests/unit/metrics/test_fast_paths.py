@@ -238,3 +238,76 @@ def test_other_sinks_get_the_records_of_the_jsonl_file(tmp_path):
     run(tmp_path / "b.jsonl", quiet)
     assert quiet.batches >= 1 and quiet.records == []
     assert len(list(iter_records(tmp_path / "b.jsonl"))) == 1501
+
+
+def _writer_entries():
+    """Calls as the writer converts them (float ts, a known phase, int or None counters), with
+    floats that msgspec spells differently from Python (1e+16, 2.5e-05) and an event."""
+    ts = 1795326436.487047
+    units = {"speed": "samples/s", "w%d": "%s {x}"}
+    return [
+        (ts, 7, 1, 2, "train", {"acc": 0.5, "lr": 0.1, "speed": 12.5, "samples": 64, "tiny": 1e-320}, None, units, 0, 0),
+        (ts, 8, None, None, "val", {"acc": "nan", "b": "-inf", "m\u00e9trique \"q\"": 2.0}, 3, None, 5, 1),
+        {"ts": ts, "step": 9, "event": "snapshot", "path": "/x", "rank": 0, "seq": 8},
+        (ts, 9, 0, 0, "test", {"big": 1e16, "small": 2.5e-05, "w%d": 10**20, "neg": -0.0}, None, units, 9, None),
+        (ts + 1.5, None, None, None, "train", {"speed": 3.0}, None, {}, 13, 0),
+    ]
+
+
+def test_encode_calls_data_gives_the_records_of_encode_calls():
+    from ava.metrics.sinks.jsonl import encode_calls, encode_calls_data
+
+    entries = _writer_entries()
+    data = encode_calls_data(entries)
+    assert data is not None and data.endswith(b"\n")
+    fast = [json.loads(line) for line in data.decode("utf-8").splitlines()]
+    general = [json.loads(text) for text in encode_calls(entries)]
+    assert fast == general and [list(r) for r in fast] == [list(r) for r in general]  # the same keys, in order
+    assert len(fast) == 14 and fast[8]["event"] == "snapshot" and fast[-1]["seq"] == 13
+
+
+@pytest.mark.parametrize("bad", [
+    (1795326436.5, 1, 0, 0, "train", {"a\ud800": 1.0}, None, None, 0, 0),  # a lone surrogate: repaired by the general path
+    (1795326436.5, 1, 0, 0, "train", {"huge": 10 ** 5000}, None, None, 0, 0),  # too long to print: repaired
+    (5, 1, 0, 0, "train", {"int-ts": 1.0}, None, None, 0, 0),  # not the writer's shape
+    (1795326436.5, 1, 0, 0, "bogus", {"phase": 1.0}, None, None, 0, 0),
+])
+def test_encode_calls_data_leaves_what_it_cannot_write_as_given_to_the_general_path(bad, tmp_path):
+    from ava.metrics.sinks.jsonl import encode_calls_data
+
+    good = _writer_entries()[0]
+    assert encode_calls_data([good, bad]) is None
+    sink = JsonlSink(tmp_path / "m.jsonl")
+    sink.write_calls([good, bad])
+    sink.close()
+    records = list(iter_records(tmp_path / "m.jsonl"))
+    assert len(records) == 6 and records[-1]["seq"] == 0 and records[-1]["name"] in ("a\ud800", "huge", "int-ts", "phase")
+
+
+def test_encode_calls_data_without_msgspec_is_none(monkeypatch):
+    from ava.metrics.sinks import _jsonl_encode
+
+    monkeypatch.setattr(_jsonl_encode._Native, "loaded", True)  # as load_native() leaves it then
+    monkeypatch.setattr(_jsonl_encode._Native, "encode_lines", None)
+    assert not _jsonl_encode.load_native()
+    assert _jsonl_encode.encode_calls_data(_writer_entries()) is None
+
+
+def test_write_calls_frames_by_its_longest_line(tmp_path):
+    """A line longer than any before raises the room each write leaves in its page, so that
+    the next write's first line does not straddle a page boundary either."""
+    sink = JsonlSink(tmp_path / "m.jsonl")
+    long_name = "n" * 1500
+    seq = 0
+    for k in range(40):
+        metrics = {long_name: float(k), "x": 1.0} if k == 3 else {"x": float(k), "y": 2.0}
+        sink.write_calls([(1795326436.5 + k, k, 0, k, "train", metrics, None, None, seq, 0)])
+        seq += len(metrics)
+    assert sink._reserve > 1500
+    sink.close()
+    data = (tmp_path / "m.jsonl").read_bytes()
+    pos = 0
+    for line in data.splitlines(keepends=True):
+        assert pos // PAGE == (pos + len(line) - 1) // PAGE, "a line crosses a page boundary"
+        pos += len(line)
+    assert [r["seq"] for r in iter_records(tmp_path / "m.jsonl")] == list(range(80))

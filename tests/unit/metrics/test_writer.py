@@ -263,3 +263,36 @@ def test_a_units_dict_changed_after_a_call_is_checked_again_and_not_shared(tmp_p
     w.log_metrics({"acc": 0.7}, step=3)
     assert w.close(10)
     assert [(r["step"], r.get("unit")) for r in iter_records(tmp_path / "m.jsonl")] == [(1, "%"), (3, None)]
+
+
+def test_log_own_gives_the_records_of_log_metrics_and_refuses_after_close(tmp_path):
+    from ava.metrics.sinks.jsonl import JsonlSink, iter_records
+
+    units = {"speed": "samples/s"}
+    files = []
+    for k, own in enumerate((False, True)):
+        path = tmp_path / f"m{k}.jsonl"
+        w = MetricsWriter([JsonlSink(path)])
+        for i in range(300):
+            values = {"accuracy": i / 7, "lr": 0.1, "speed": float("inf") if i == 5 else 100.0 + i, "samples": 32 * i}
+            if own:
+                w.log_own(values, i, i // 45, i % 45, units)
+            else:
+                w.log_metrics(values, i, i // 45, i % 45, units=units)
+        assert w.close(timeout=30)
+        files.append([{k: v for k, v in r.items() if k != "ts"} for r in iter_records(path)])
+        with pytest.raises(MetricsError, match="closed"):
+            w.log_own({"x": 1.0}, 1, 0, 0, None)
+    assert files[0] == files[1] and len(files[1]) == 1200 and files[1][22]["value"] == "inf"
+    assert files[1][2]["unit"] == "samples/s" and files[1][-1]["seq"] == 1199
+
+
+def test_log_own_surfaces_a_value_it_cannot_convert_at_the_next_call():
+    sink = Collect()
+    w = MetricsWriter([sink], flush_interval=0.01)
+    w.log_own({"loss": object(), "acc": 0.5}, 1, 0, 1, None)
+    assert w.flush(timeout=10)
+    with pytest.raises(MetricsError, match="'loss' at step 1 could not be converted"):
+        w.log_own({"acc": 0.6}, 2, 0, 2, None)
+    assert w.close(timeout=10)
+    assert [(r["name"], r["value"], r["phase"]) for r in sink.records] == [("acc", 0.5, "train"), ("acc", 0.6, "train")]

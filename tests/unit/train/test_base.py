@@ -407,3 +407,20 @@ def test_a_failure_reported_after_done_is_said_not_dropped(ws, caplog):
     ins.done(err_msg="late failure")
     assert ins.status == "done"
     assert any("done(err_msg='late failure') changes nothing" in r.getMessage() for r in caplog.records)
+
+
+def test_batch_logger_is_the_writers_own_path_unless_log_metrics_is_replaced(ws):
+    ins = train.TrainInstance("bl", workspace=ws, setup_logging=False)
+    log = ins.batch_logger()
+    assert log == ins._writer.log_own
+    log({"acc": 0.5}, 3, 0, 3, {"acc": "ratio"})
+    seen = []
+    real = ins.log_metrics
+    ins.log_metrics = lambda *a, **k: (seen.append((a, k)), real(*a, **k))  # e.g. a benchmark's timer
+    ins.batch_logger()({"acc": 0.75}, 4, 0, 4, None)
+    assert seen == [(({"acc": 0.75}, 4, 0, 4), {"units": None})]
+    ins.done()
+    assert [(r["name"], r["value"], r["step"], r.get("unit")) for r in iter_records(ins.metrics_path)] == [
+        ("acc", 0.5, 3, "ratio"), ("acc", 0.75, 4, None)]
+    with pytest.raises(MetricsError, match="closed"):
+        log({"acc": 1.0}, 5, 0, 5, None)
