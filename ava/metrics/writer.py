@@ -33,7 +33,8 @@ import weakref
 from typing import Any, Mapping, Sequence
 
 from ava.errors import MetricsError
-from ava.metrics.record import PHASES, check_metrics, check_step, check_units, plain_details, records_of, to_json_number
+from ava.metrics.record import (
+    PHASES, check_metrics, check_step, check_units, plain_details, records_of, to_json_number, to_micros)
 from ava.metrics.sinks.base import Sink
 
 log = logging.getLogger(__name__)
@@ -362,7 +363,7 @@ class MetricsWriter:
             for item in items:
                 if len(item) == 4:
                     ts, step, event, details = item
-                    rec: dict[str, Any] = {"ts": round(ts, 6), "step": step, "event": event}
+                    rec: dict[str, Any] = {"ts": to_micros(ts), "step": step, "event": event}
                     rec.update(details)
                     rec["rank"], rec["seq"] = rank, seq
                     seq += 1
@@ -375,7 +376,7 @@ class MetricsWriter:
                         metrics = self._convert_values(metrics, step)
                         break
                 if metrics:
-                    append((round(ts, 6), step, epoch, batch, phase, metrics, net, units, seq, rank))
+                    append((to_micros(ts), step, epoch, batch, phase, metrics, net, units, seq, rank))
                     seq += len(metrics)
         finally:
             self._seq = seq

@@ -204,7 +204,7 @@ def load_native() -> bool:
         except ImportError:  # the pure-Python encoder writes the same records
             return False
 
-        class Record(msgspec.Struct, omit_defaults=True):
+        class Record(msgspec.Struct, omit_defaults=True, gc=False):
             """A metric record as msgspec writes it: the contract's keys in its order, ``net``
             and ``unit`` left out when None (as :func:`encode_calls` leaves them out)."""
 
