@@ -36,7 +36,7 @@ from pathlib import Path
 
 EPOCHS = 20
 BATCH = 32
-MX_PAIRS = 5
+MX_PAIRS = 7
 TORCH_PAIRS = 7
 CHECKPOINT_MB = 200
 SLOW_MB_PER_S = 100.0

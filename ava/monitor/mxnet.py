@@ -128,10 +128,10 @@ class BatchEndCallback:
         try:  # the batch's work inline: this runs after every batch of training
             nbatch = param.nbatch
             epoch = param.epoch
-            if nbatch == self._last_nbatch and epoch == self._epoch:
-                return  # the same batch again: this callback is listed twice in batch_end_callback
             loc = param.locals or _NO_LOCALS
-            if epoch != self._epoch or nbatch < self._last_nbatch:
+            if nbatch <= self._last_nbatch or epoch != self._epoch:
+                if nbatch == self._last_nbatch and epoch == self._epoch:
+                    return  # the same batch again: this callback is listed twice in batch_end_callback
                 self._new_epoch(epoch, loc)
             self._last_nbatch = nbatch
             step = self._base + nbatch
