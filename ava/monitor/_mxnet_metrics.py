@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
+from ava.metrics.record import check_value
 from ava.monitor._mxnet_import import _mx
+
+_PLAIN = (float, int)
 
 
 def full_mxnet_metrics() -> list[str]:
@@ -168,7 +171,9 @@ class WindowReader:
                     pairs = leaf.get_global()
                 if kept is not None:
                     kept[0] = None
-                _as_dict(_pairs(*pairs), out)
+                # A metric's get() may hand out an array it later changes in place; the record
+                # goes to the writer as it is (TrainInstance.batch_logger), so keep this batch's value.
+                _as_dict(((n, v if type(v) in _PLAIN else check_value(str(n), v)) for n, v in _pairs(*pairs)), out)
             else:
                 # As Python floats: numpy scalar arithmetic costs several times more.
                 g_sum = float(leaf.global_sum_metric)

@@ -119,7 +119,10 @@ class BatchEndCallback:
         self._module: Any = None
         self._optimizer: Any = None
         self._units = {"speed": "samples/s"}
-        self._log = _batch_logger(train_ins)
+        # The writer's log_own while train_ins.log_metrics stays the object it is now (see
+        # TrainInstance.batch_logger); log_metrics itself otherwise.
+        self._log_metrics = train_ins.log_metrics
+        self._log_own = getattr(train_ins, "batch_logger", lambda: None)()
         self._guard = _Guard("ava mxnet batch-end callback")
 
     def __call__(self, param: Any) -> None:
@@ -157,7 +160,11 @@ class BatchEndCallback:
                         values["lr"] = lr
                 values["speed"] = self.batch_freq * self.batch_size / elapsed if elapsed > 0 else math.inf
                 values["samples"] = self._samples
-                self._log(values, step, epoch, nbatch, self._units)
+                log_own = self._log_own
+                if log_own is not None and self._ins.log_metrics is self._log_metrics:
+                    log_own(values, step, epoch, nbatch, self._units)
+                else:
+                    self._ins.log_metrics(values, step, epoch, nbatch, units=self._units)
             if loc.get("end_of_batch"):
                 state.epoch_steps[epoch] = step + 1
                 if param.eval_metric is not None:
@@ -187,14 +194,6 @@ class BatchEndCallback:
 
 
 _NO_LOCALS: dict[str, Any] = {}
-
-
-def _batch_logger(train_ins: Any) -> Any:
-    """``train_ins.batch_logger()``, or the same over ``log_metrics`` for an instance without it."""
-    get = getattr(train_ins, "batch_logger", None)
-    if get is not None:
-        return get()
-    return lambda metrics, step, epoch, batch, units: train_ins.log_metrics(metrics, step, epoch, batch, units=units)
 
 
 # --- validation callbacks ------------------------------------------------------------------------

@@ -329,19 +329,20 @@ class TrainInstance(Finishing):
         """
         self._require_writer().log_metrics(metrics, step, epoch, batch, phase, **kwargs)
 
-    def batch_logger(self) -> Callable[[dict[str, Any], int, int | None, int | None, dict[str, str] | None], None]:
-        """What a framework adapter calls for each batch's ``train`` record:
-        ``log(metrics, step, epoch, batch, units)``, ``metrics`` a new dict of str names each
-        call and ``units`` a dict of str that never changes (or None).
+    def batch_logger(self) -> Callable[[dict[str, Any], int, int | None, int | None, dict[str, str] | None], None] | None:
+        """For a framework adapter's batch records: the writer's
+        :meth:`~ava.metrics.writer.MetricsWriter.log_own` (``log(metrics, step, epoch, batch,
+        units)``: no copy and no checks on the training thread), or None when :meth:`log_metrics`
+        is not this instance's own (replaced by a timer or a filter; a joined script's).
 
-        It is the writer's :meth:`~ava.metrics.writer.MetricsWriter.log_own` (no copy and no
-        checks on the training thread) while :meth:`log_metrics` is this instance's own;
-        otherwise (a replaced ``log_metrics``, a joined script) it calls :meth:`log_metrics`.
+        It stands for :meth:`log_metrics` only while ``log_metrics`` is the object it is now: an
+        adapter keeps that object and calls ``log_metrics`` instead once it has changed, so a
+        wrapper installed later sees every record.
         """
         writer = self._writer
         if writer is not None and self.log_metrics == writer.log_metrics:
             return writer.log_own
-        return lambda metrics, step, epoch, batch, units: self.log_metrics(metrics, step, epoch, batch, units=units)
+        return None
 
     def log_event(self, event: str, step: int | None = None, **details: Any) -> None:
         """Record an event (``"snapshot"``, ``"resume"``, ...) with its details."""

@@ -28,6 +28,7 @@ _OPTIONAL = ("net", "unit")
 _UNSET: Any = object()
 _PHASES = frozenset(("train", "val", "test"))
 _NONFINITE = frozenset(("nan", "inf", "-inf"))
+_COUNTER_TYPES = frozenset((int, type(None)))
 
 
 def _int_or_null(v: Any) -> str:
@@ -248,8 +249,9 @@ def encode_calls_data(entries: list[Any]) -> bytes | None:
                 append(_Native.Raw(_encode_text(entry)[:-1].encode("utf-8")))
                 continue
             ts, step, epoch, batch, phase, metrics, net, units, seq, rank = entry
-            if type(ts) is not float or phase not in _PHASES:
-                return None
+            if (type(ts) is not float or phase not in _PHASES or type(seq) is not int
+                    or not {type(step), type(epoch), type(batch), type(net), type(rank)} <= _COUNTER_TYPES):
+                return None  # e.g. a bool or float step: the general path writes it as an int
             for name, value in metrics.items():
                 append(Record(ts, step, epoch, batch, phase, name, value, rank, seq, net,
                               units.get(name) if units else None))

@@ -271,6 +271,8 @@ def test_encode_calls_data_gives_the_records_of_encode_calls():
     (1795326436.5, 1, 0, 0, "train", {"huge": 10 ** 5000}, None, None, 0, 0),  # too long to print: repaired
     (5, 1, 0, 0, "train", {"int-ts": 1.0}, None, None, 0, 0),  # not the writer's shape
     (1795326436.5, 1, 0, 0, "bogus", {"phase": 1.0}, None, None, 0, 0),
+    (1795326436.5, True, 0, 0, "train", {"bool-step": 1.0}, None, None, 0, 0),  # written as 1, not true
+    (1795326436.5, 1, 2.0, 0, "train", {"float-epoch": 1.0}, None, None, 0, 0),  # written as 2, not 2.0
 ])
 def test_encode_calls_data_leaves_what_it_cannot_write_as_given_to_the_general_path(bad, tmp_path):
     from ava.metrics.sinks.jsonl import encode_calls_data
@@ -281,7 +283,9 @@ def test_encode_calls_data_leaves_what_it_cannot_write_as_given_to_the_general_p
     sink.write_calls([good, bad])
     sink.close()
     records = list(iter_records(tmp_path / "m.jsonl"))
-    assert len(records) == 6 and records[-1]["seq"] == 0 and records[-1]["name"] in ("a\ud800", "huge", "int-ts", "phase")
+    assert len(records) == 6 and records[-1]["seq"] == 0 and records[-1]["name"] in (
+        "a\ud800", "huge", "int-ts", "phase", "bool-step", "float-epoch")
+    assert all(type(records[-1][k]) is int for k in ("step", "epoch", "batch"))
 
 
 def test_encode_calls_data_without_msgspec_is_none(monkeypatch):

@@ -519,3 +519,94 @@ def test_optimizer_states_saved_by_a_checkpoint_callback_listed_after_ours_go_up
     for n in (1, 2):
         names = sorted(f["name"] for f in json.loads((stored / f"epoch-{n:04d}" / "MANIFEST.json").read_text())["files"])
         assert names == [f"net-{n:04d}.params", f"net-{n:04d}.states", "net-symbol.json"], (n, names)
+
+
+def _param(epoch, nbatch, metric, end=False):
+    return mx.model.BatchEndParam(epoch=epoch, nbatch=nbatch, eval_metric=metric,
+                                  locals={"end_of_batch": end, "data_batch": None})
+
+
+def test_a_log_metrics_replaced_after_the_callback_is_made_sees_every_batch_record(ins):
+    """The callback hands its records to the writer directly only while log_metrics is the
+    instance's own: a timer or filter installed later (or removed again) is honoured."""
+    i = ins()
+    cb = i.get_monitor_callback("mxnet", batch_size=BATCH, batch_freq=1)
+    acc = mx.metric.Accuracy()
+    real = i.log_metrics
+    seen = []
+    i.log_metrics = lambda *a, **k: (seen.append(a[1]), real(*a, **k))
+    for nbatch in range(4):
+        acc.update([mx.nd.array([1, 0])], [mx.nd.array([[0, 1], [1, 0]])])
+        cb(_param(0, nbatch, acc))
+    i.log_metrics = real
+    for nbatch in range(4, 6):
+        cb(_param(0, nbatch, acc))
+    assert seen == [1, 2, 3]  # batch 0 starts the clock: records from batch 1 on
+    assert [r["step"] for r in records(i, name="accuracy")] == [1, 2, 3, 4, 5]
+
+
+def test_a_metric_value_changed_in_place_after_the_batch_keeps_that_batchs_value(ins):
+    class InPlace(mx.metric.EvalMetric):
+        """get() hands out the one array it keeps changing (no global counters: read as it is)."""
+
+        def __init__(self):
+            super().__init__("inplace")
+            self.arr = np.zeros(1)
+
+        def update(self, labels, preds):
+            self.arr += 1
+            self.num_inst += 1
+
+        def get(self):
+            return self.name, self.arr
+
+    i = ins()
+    cb = i.get_monitor_callback("mxnet", batch_size=BATCH, batch_freq=1)
+    metric = InPlace()
+    for nbatch in range(6):
+        metric.update(None, None)
+        cb(_param(0, nbatch, metric))
+    assert [(r["step"], r["value"]) for r in records(i, name="inplace")] == [(k, k + 1.0) for k in range(1, 6)]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_window_reader_reads_one_metric_as_its_general_loop_does(seed):
+    """WindowReader's path for one plain metric gives what its general loop gives, across
+    resets, Speedometer's reset_local, restarts and a metric object replaced."""
+    from ava.monitor._mxnet_metrics import WindowReader
+
+    class GeneralOnly(WindowReader):
+        def _prepare(self, eval_metric):
+            super()._prepare(eval_metric)
+            self._single = None
+
+    rng = np.random.RandomState(seed)
+    metrics = [mx.metric.CrossEntropy(), mx.metric.CrossEntropy()]
+    fast, general = WindowReader(), GeneralOnly()
+    metric = metrics[0]
+    fast.watch(metric)
+    general.watch(metric)
+    assert fast._single is not None and general._single is None
+    compared = 0
+    for _ in range(400):
+        action = rng.randint(10)
+        if action == 0:
+            metric.reset()
+        elif action == 1:
+            metric.reset_local()
+        elif action == 2:
+            fast.restart()
+            general.restart()
+        elif action == 3:
+            metric = metrics[rng.randint(2)]
+        else:
+            n = rng.randint(1, 5)
+            label = mx.nd.array(rng.randint(0, 3, size=n))
+            pred = mx.nd.array(rng.dirichlet(np.ones(3), size=n))
+            metric.update([label], [pred])
+        if rng.randint(3) == 0:
+            a, b = fast.read(metric), general.read(metric)
+            assert a.keys() == b.keys() and all(
+                (np.isnan(a[k]) and np.isnan(b[k])) or a[k] == pytest.approx(b[k], rel=1e-12) for k in a), (a, b)
+            compared += 1
+    assert compared > 50

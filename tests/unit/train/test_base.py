@@ -414,13 +414,12 @@ def test_batch_logger_is_the_writers_own_path_unless_log_metrics_is_replaced(ws)
     log = ins.batch_logger()
     assert log == ins._writer.log_own
     log({"acc": 0.5}, 3, 0, 3, {"acc": "ratio"})
-    seen = []
     real = ins.log_metrics
-    ins.log_metrics = lambda *a, **k: (seen.append((a, k)), real(*a, **k))  # e.g. a benchmark's timer
-    ins.batch_logger()({"acc": 0.75}, 4, 0, 4, None)
-    assert seen == [(({"acc": 0.75}, 4, 0, 4), {"units": None})]
+    ins.log_metrics = lambda *a, **k: real(*a, **k)  # e.g. a benchmark's timer
+    assert ins.batch_logger() is None
+    ins.log_metrics = real
     ins.done()
     assert [(r["name"], r["value"], r["step"], r.get("unit")) for r in iter_records(ins.metrics_path)] == [
-        ("acc", 0.5, 3, "ratio"), ("acc", 0.75, 4, None)]
+        ("acc", 0.5, 3, "ratio")]
     with pytest.raises(MetricsError, match="closed"):
         log({"acc": 1.0}, 5, 0, 5, None)
