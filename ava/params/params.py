@@ -123,6 +123,9 @@ def _parse(path: Path) -> dict[str, Any]:
     else:
         data = _parse_yaml(path, text)
     if data is None:
+        if path.suffix == ".json":  # the text "null": nearly always a file written from a None by mistake
+            raise ParamsError(f"params file {path} holds null at top level; it must be an object of key: value pairs")
+        log.warning("params file %s holds no keys (only comments, or null); reading it as {}", path)
         return {}
     if not isinstance(data, dict):
         kind = "list" if isinstance(data, list) else type(data).__name__

@@ -117,6 +117,17 @@ def test_malformed_json_names_file_line_and_column(pdir):
     assert str(pdir / "default.json") in msg and "line 3 column 13" in msg and "\n" not in msg
 
 
+def test_a_json_params_file_of_null_is_refused_and_a_yaml_one_of_comments_reads_as_empty(pdir, caplog):
+    write(pdir, "null\n")
+    with pytest.raises(ParamsError, match=r"default.json holds null at top level"):
+        Params(pdir).get_all()
+    (pdir / "default.json").unlink()
+    write(pdir, "# lr: 0.1\n", name="default.yaml")
+    with caplog.at_level(logging.WARNING, logger="ava.params.params"):
+        assert Params(pdir).get_all() == {}
+    assert "holds no keys" in caplog.text
+
+
 def test_params_file_that_is_a_list_is_refused(pdir):
     write(pdir, [1, 2, 3])
     with pytest.raises(ParamsError, match="holds a list at top level"):
