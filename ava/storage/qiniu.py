@@ -343,6 +343,12 @@ class QiniuStorage(Storage):
                 pass
         return _redact(" ".join(str(text).split()))[:200]
 
+    def _credentials_hint(self) -> str:
+        """Where the refused keys came from: the ones this storage was given, or the environment."""
+        if self._access_key and self._secret_key:
+            return "check the access key and secret key this storage was given (e.g. Uploader(ak, sk))"
+        return f"check {AVA_ACCESS_KEY}/{AVA_SECRET_KEY} (or config/user)"
+
     def _error(self, info: Any, url: str, what: str) -> StorageError:
         code = info.status_code
         detail = self._detail(info)
@@ -353,8 +359,7 @@ class QiniuStorage(Storage):
         if code in (404, 612):
             return ObjectNotFoundError(f"no object at {url}")
         if code == 401:
-            return StorageError(f"{what} {url} was refused (401 {detail}); check {AVA_ACCESS_KEY}/{AVA_SECRET_KEY} "
-                                "(or config/user)")
+            return StorageError(f"{what} {url} was refused (401 {detail}); {self._credentials_hint()}")
         if code == 403:
             return StorageError(f"{what} {url} was refused (403 {detail}); the key may lack rights on bucket "
                                 f"{bucket!r}")
@@ -507,8 +512,8 @@ class QiniuStorage(Storage):
                     if code == 404:
                         raise ObjectNotFoundError(f"no object at {url} (its download domain answered 404)")
                     if code in (401, 403):
-                        raise StorageError(f"download of {url} was refused ({code}); check {AVA_ACCESS_KEY}/"
-                                           f"{AVA_SECRET_KEY} and {AVA_QINIU_DOWNLOAD_DOMAIN}")
+                        raise StorageError(f"download of {url} was refused ({code}); {self._credentials_hint()}, "
+                                           f"and {AVA_QINIU_DOWNLOAD_DOMAIN}")
                     if code >= 500:
                         raise _Retry(f"HTTP {code}")
                     if code not in (200, 206):

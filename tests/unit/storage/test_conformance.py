@@ -490,8 +490,13 @@ def test_kodo_checks_signatures_tokens_and_deadlines(monkeypatch, kodo, tmp_path
     wrong = QiniuStorage(access_key=kodo.access_key, secret_key="not-the-secret")
     for call in (lambda: wrong.stat(url), lambda: wrong.upload(tmp_path / "a.bin", url),
                  lambda: wrong.list("qiniu://signed/"), lambda: wrong.delete(url)):
-        with pytest.raises(StorageError, match=r"was refused \(401"):
+        with pytest.raises(StorageError, match=r"was refused \(401.*the access key and secret key this storage was given"):
             call()
+    # Keys from the environment are named as such.
+    monkeypatch.setenv("AVA_SECRET_KEY", "not-the-secret")
+    with pytest.raises(StorageError, match=r"was refused \(401.*check AVA_ACCESS_KEY/AVA_SECRET_KEY"):
+        QiniuStorage().stat(url)
+    monkeypatch.setenv("AVA_SECRET_KEY", kodo.secret_key)
     assert requests.get(good.signed_url(url)).content == (tmp_path / "a.bin").read_bytes()
     assert requests.get(good.signed_url(url, expires=-10)).status_code == 401
     assert requests.get(good.signed_url(url).replace("?e=", "?e=9")).status_code == 401
