@@ -122,7 +122,7 @@ class MetricsWriter:
             epoch = check_step(epoch, "epoch")
         if batch is not None and type(batch) is not int:
             batch = check_step(batch, "batch")
-        # check_metrics and _put inlined: this is the training thread's hot path.
+        # check_metrics inlined: this is the training thread's hot path.
         if type(metrics) is dict:
             metrics = metrics.copy()  # the caller may change its dict after the call
             for name, value in metrics.items():
@@ -138,20 +138,7 @@ class MetricsWriter:
             units = self._units_copy
         if net is not None and type(net) is not int:
             net = check_step(net, "net")
-        item = (time.time(), step, epoch, batch, phase, metrics, net, units)
-        if self._forked or self._surface is not None:
-            self._put(item)
-            return
-        with self._lock:
-            if self._closing or len(self._buf) >= self._max:
-                pass  # the slow path below waits or raises
-            else:
-                self._buf.append(item)
-                self._enqueued += 1
-                if len(self._buf) == self._wake_at:
-                    self._cond.notify_all()
-                return
-        self._put(item)
+        self._enqueue((time.time(), step, epoch, batch, phase, metrics, net, units))
 
     def log_own(self, metrics: dict[str, Any], step: int, epoch: int | None, batch: int | None,
                 units: dict[str, str] | None) -> None:
@@ -161,7 +148,12 @@ class MetricsWriter:
         never changes. Nothing is copied or checked here; a value that cannot be converted is
         said on the writer thread and raised at the next call, as for :meth:`log_metrics`.
         """
-        item = (time.time(), step, epoch, batch, "train", metrics, None, units)
+        self._enqueue((time.time(), step, epoch, batch, "train", metrics, None, units))
+
+    def _enqueue(self, item: tuple[Any, ...]) -> None:
+        """Append a checked call to the buffer: under the lock when there is room and nothing to
+        surface (the hot path of :meth:`log_metrics` and :meth:`log_own`), else :meth:`_put`,
+        which waits for room or raises."""
         if self._forked or self._surface is not None:
             self._put(item)
             return
